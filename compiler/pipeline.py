@@ -1,0 +1,104 @@
+"""The driver: imported model + passes + target (+ tuning database) → executable + metadata."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from ..errors import CompileError
+from ..fileio import native_stderr_silenced
+from .artifact import ArtifactMeta
+from .frontend import ImportedModel
+
+
+def apply_passes(imported: ImportedModel, passes: Sequence) -> tuple[object, list[str]]:
+    """Run accelc graph passes (spec strings or Pass objects) on the Relax module."""
+    import tvm
+
+    from .. import passes as registry
+
+    objs = [registry.make(p) for p in passes]
+    names = [p if isinstance(p, str) else getattr(p.info, "name", str(p)) for p in passes]
+    if not objs:
+        return imported.mod, names
+    with tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(objs)(imported.mod), names
+
+
+def build(imported: ImportedModel, target: str = "cpu", passes: Sequence = (), database=None,
+          fast_math: bool = True, target_options: dict | None = None):
+    """Compile; returns ``(tvm Executable, ArtifactMeta)``."""
+    import tvm
+
+    from .. import targets
+
+    spec = targets.get(target)
+    tvm_target = spec.make(**(target_options or {}))
+    mod, pass_names = apply_passes(imported, passes)
+    db = _open_database(database)
+    try:
+        with tvm.transform.PassContext(opt_level=3), native_stderr_silenced():
+            ex = tvm.compile(mod, tvm_target,
+                             relax_pipeline=spec.pipeline(tvm_target, database=db, fast_math=fast_math))
+    except Exception as err:  # noqa: BLE001 - TVM raises many error types; keep the first line
+        if os.environ.get("ACCELC_DEBUG"):
+            raise
+        raise CompileError(f"{imported.name}: TVM failed to compile for {target}: {_first_error_line(err)}") from None
+    meta = ArtifactMeta(
+        name=imported.name,
+        target_name=spec.name,
+        target=_jsonable(tvm_target.export()),
+        inputs=list(imported.inputs),
+        outputs=list(imported.outputs),
+        passes=pass_names,
+        isa_features=_isa(spec.name, tvm_target),
+        index_bounds=dict(imported.index_bounds),
+        fast_math=fast_math,
+        tuned=db is not None,
+        source_sha256=imported.source_sha256,
+    )
+    return ex, meta
+
+
+def _jsonable(value):
+    """TVM containers (Array, Map, IntImm) → plain JSON values."""
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__"):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "value"):
+        return value.value
+    return str(value)
+
+
+def _isa(target_name: str, tvm_target) -> list[str]:
+    if target_name == "cpu":
+        from ..targets import cpu
+
+        return cpu.isa_features(tvm_target)
+    return []
+
+
+def _open_database(database):
+    if database is None:
+        return None
+    from tvm.s_tir import meta_schedule as ms
+
+    if isinstance(database, ms.database.Database):
+        return database
+    from ..errors import UsageError
+
+    path = os.fspath(database)
+    if not os.path.isdir(path):
+        raise UsageError(f"tuning database {path} does not exist")
+    return ms.database.JSONDatabase(work_dir=path, allow_missing=False)
+
+
+def _first_error_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Check failed" in ln or ln.startswith(("Error", "ValueError", "TypeError", "InternalError")):
+            return ln[:300]
+    return (lines[-1] if lines else type(err).__name__)[:300]

@@ -1,0 +1,116 @@
+"""accelc's graph passes: a registry of ``tvm.transform.Pass`` factories with typed options.
+
+A pass registers itself with ``@register("name", Options)`` where ``Options`` is a dataclass
+of its knobs; ``make("name:key=value,...")`` parses a CLI spec into that dataclass (types
+coerced, unknown keys rejected) and returns the Pass. Passes are ordinary TVM passes, usable
+in ``tvm.transform.Sequential`` without accelc's driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import PassError
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    name: str
+    factory: Callable[..., Any]  # (**options) -> tvm.transform.Pass
+    options: type | None
+    summary: str
+
+
+_REGISTRY: dict[str, PassInfo] = {}
+
+
+def register(name: str, options: type | None = None):
+    """Decorator: register ``factory(**options) -> Pass`` under ``name``."""
+
+    def wrap(factory):
+        doc = (factory.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = PassInfo(name, factory, options, doc[0] if doc else "")
+        return factory
+
+    return wrap
+
+
+def list_passes() -> list[PassInfo]:
+    _load_builtin()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"name:key=value,key2=value2"`` → ``("name", {"key": "value", ...})``."""
+    name, _, rest = spec.strip().partition(":")
+    opts: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise PassError(f"pass '{name}': option '{item}' is not KEY=VALUE")
+        opts[key.strip().replace("-", "_")] = value.strip()
+    return name, opts
+
+
+def _coerce(pass_name: str, field: dataclasses.Field, raw: Any):
+    typ = field.type if isinstance(field.type, type) else str(field.type)
+    text = str(raw)
+    try:
+        if typ in (bool, "bool"):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ in (int, "int"):
+            return int(text)
+        if typ in (float, "float"):
+            return float(text)
+        if "tuple" in str(typ) or "list" in str(typ):
+            return tuple(s for s in text.replace(";", "|").split("|") if s) if isinstance(raw, str) else tuple(raw)
+    except ValueError:
+        raise PassError(f"pass '{pass_name}': option '{field.name}' expects {typ}, got '{raw}'") from None
+    return raw
+
+
+def make(spec, **overrides):
+    """A Pass from a spec string (``name:k=v,...``), a registered name, or a Pass (returned as is)."""
+    import tvm
+
+    if isinstance(spec, tvm.transform.Pass):
+        return spec
+    _load_builtin()
+    name, opts = parse_spec(spec) if isinstance(spec, str) else (spec, {})
+    opts.update(overrides)
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none registered"
+        raise PassError(f"unknown pass '{name}' (available: {known})")
+    info = _REGISTRY[name]
+    if info.options is None:
+        if opts:
+            raise PassError(f"pass '{name}' takes no options, got {', '.join(opts)}")
+        return info.factory()
+    fields = {f.name: f for f in dataclasses.fields(info.options)}
+    unknown = sorted(set(opts) - set(fields))
+    if unknown:
+        raise PassError(f"pass '{name}': unknown option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(fields)}")
+    values = {k: _coerce(name, fields[k], v) for k, v in opts.items()}
+    try:
+        options = info.options(**values)
+    except (TypeError, ValueError) as err:
+        raise PassError(f"pass '{name}': {err}") from None
+    return info.factory(options)
+
+
+def _load_builtin() -> None:
+    """Import the modules that register accelc's own passes (they register on import)."""
+    from importlib import import_module
+
+    for module in _BUILTIN:
+        import_module(f"{__name__}.{module}")
+
+
+_BUILTIN: tuple[str, ...] = ()

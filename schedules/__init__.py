@@ -1,0 +1,1 @@
+"""TIR kernels, default schedule rules per target, and tuning."""

@@ -1,0 +1,213 @@
+"""CPU rule for matmul-like PrimFuncs: dense, batch matmul, any one-reduction GEMM-shaped einsum.
+
+The schedule is the BLIS/GotoBLAS one, written with TVM schedule primitives:
+  1. inline spatial producers (transposes, mask arithmetic) and fold the epilogue chain;
+  2. canonicalise the reduction to ``C[S, I, J] += A[S, I, K] · B[S, K, J]`` (``reindex``);
+  3. pad I and J up to the micro-kernel (``pad_einsum``) so no predicate enters the inner loop;
+  4. pack B into column panels ``B[S, J/nr, K, nr]``. For constant weights the packing block is
+     marked ``meta_schedule.layout_rewrite_preproc``: the CPU pipeline splits it out and folds it,
+     so weights are packed once, at compile time;
+  5. tile ``S·Jb·I/mr (parallel), Jt, K, mr (unrolled), nj (unrolled), lanes (vector)``: an
+     ``mr × nj·lanes`` accumulator tile lives in vector registers, the B block of ``Jt`` panels
+     is sized to stay in L2;
+  6. write each tile back once, through the fused epilogue (bias, activation, residual, scale).
+"""
+
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu.matmul import IterKind, detect_iter_traits, make_iter_fusion_index_map
+
+from .base import (
+    CPURule,
+    CpuShape,
+    block_dtype,
+    cpu_shape,
+    extent,
+    inline_spatial_around,
+    is_reduction,
+    schedule_injective,
+    vectorize_inner,
+)
+
+_FLOAT = ("float32", "float64", "float16", "bfloat16")
+_S, _I, _J, _K = IterKind.kIter_S, IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K
+
+
+def micro_kernel(m: int, n: int, lanes: int, registers: int) -> tuple[int, int]:
+    """The accumulator tile ``(mr rows, nj vectors)`` for an ``m × n`` output.
+
+    ``mr·nj`` accumulators, ``nj`` B vectors and one broadcast register must fit the register
+    file. Among those tiles, the best ``useful work × arithmetic intensity`` wins, where
+    useful work discounts the padding a tile forces on ``m`` and ``n``.
+    """
+    best, best_score = (1, 1), -1.0
+    for nj in (1, 2, 3, 4):
+        for mr in range(1, 15):
+            if mr * nj + nj + 1 > registers:
+                continue
+            pad_m = math.ceil(m / mr) * mr
+            pad_n = math.ceil(n / (nj * lanes)) * nj * lanes
+            useful = (m * n) / (pad_m * pad_n)
+            score = useful * (mr * nj) / (mr + nj)
+            if score > best_score + 1e-9:
+                best, best_score = (mr, nj), score
+    return best
+
+
+class Matmul(CPURule):
+    """Register-blocked, packed, parallel GEMM for single-reduction matmul-like PrimFuncs."""
+
+    def apply(self, func: tirx.PrimFunc, target, tunable: bool):  # noqa: D102
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        root = get_root_block(sch)
+        reductions = [b for b in sch.get_child_blocks(root) if is_reduction(sch, b)]
+        if len(reductions) != 1:
+            return None
+        main = reductions[0]
+        stmt = sch.get(main)
+        if detect_iter_traits(stmt) is None or str(stmt.writes[0].source.dtype) not in _FLOAT:
+            return None
+        if not _is_multiply_accumulate(stmt):
+            return None
+        layout_free = {int(i) for i in (func.attrs or {}).get("layout_free_buffers", [])}
+        try:
+            _schedule(sch, main, cpu_shape(target), layout_free, func)
+        except (ValueError, s_tir.ScheduleError, tvm.TVMError):
+            return None  # a shape this rule cannot take: the next rule tries
+        return sch
+
+
+def _is_multiply_accumulate(block: s_tir.SBlock) -> bool:
+    """``C = C + A * B`` (possibly with casts): what the rule's micro-kernel computes."""
+    body = block.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return False
+    rhs = body.value.b
+    while isinstance(rhs, tirx.Cast):
+        rhs = rhs.value
+    return isinstance(rhs, tirx.Mul)
+
+
+def _schedule(sch: s_tir.Schedule, main, shape: CpuShape, layout_free: set[int], func) -> None:
+    inline_spatial_around(sch, main)
+    root = get_root_block(sch)
+    if len([b for b in sch.get_child_blocks(root) if is_reduction(sch, b)]) != 1:
+        raise ValueError("a second reduction survived inlining")
+
+    a_traits, b_traits, c_traits, block_traits = detect_iter_traits(sch.get(main))
+    b_source = sch.get(main).reads[1].source
+    reindex_a = sch.reindex(main, ("read", 0))
+    reindex_b = sch.reindex(main, ("read", 1))
+    reindex_c = sch.reindex(main, ("write", 0))
+    sch.transform_layout(reindex_a, ("write", 0), make_iter_fusion_index_map(a_traits, [_S, _I, _K]))
+    sch.transform_layout(reindex_b, ("write", 0), make_iter_fusion_index_map(b_traits, [_S, _K, _J]))
+    sch.transform_layout(reindex_c, ("read", 0), make_iter_fusion_index_map(c_traits, [_S, _I, _J]))
+    sch.transform_block_layout(main, make_iter_fusion_index_map(block_traits, [_S, _I, _J, _K]))
+
+    s_loop, i_loop, j_loop, k_loop = sch.get_loops(main)
+    m, n, k = extent(sch, i_loop), extent(sch, j_loop), extent(sch, k_loop)
+    if None in (m, n, k):
+        raise ValueError("symbolic extents")
+    dtype = block_dtype(sch, main)
+    lanes = shape.lanes(dtype)
+    mr, nj = micro_kernel(m, n, lanes, shape.vector_registers)
+    nr = nj * lanes
+    sch.pad_einsum(main, [1, mr, nr, 1])
+
+    # A: a padded copy only where I was padded; otherwise read in place.
+    a_pad = _next_stage(sch, reindex_a, main)
+    sch.compute_inline(reindex_a)
+    if a_pad is not None:
+        _parallel_copy(sch, a_pad, shape, lanes)
+
+    # B: always staged through a panel-packed buffer (folded at compile time for weights).
+    b_pad = _next_stage(sch, reindex_b, main)
+    if b_pad is not None:
+        sch.compute_inline(reindex_b)
+        b_pack = b_pad
+    else:
+        b_pack = reindex_b
+    sch.transform_layout(b_pack, ("write", 0), lambda s, kk, j: (s, j // nr, kk, j % nr))
+    if _is_layout_free(b_source, layout_free, func):
+        sch.annotate(b_pack, "meta_schedule.layout_rewrite_preproc", True)
+    else:
+        _parallel_copy(sch, b_pack, shape, lanes)
+
+    # C: accumulate in registers, write back through the epilogue once per tile.
+    writeback = sch.get_consumers(main)[0]
+    _fold_consumers_into(sch, writeback)
+    sch.set_scope(main, 0, "local")
+
+    n_panels = math.ceil(n / nr)
+    panel_bytes = k * nr * tvm.DataType(dtype).bits // 8
+    jt = max(1, min(n_panels, (shape.l2_bytes // 2) // max(panel_bytes, 1)))
+    while n_panels % jt:
+        jt -= 1
+    s_loop, i_loop, j_loop, k_loop = sch.get_loops(main)
+    jb, jt_loop, j_vec, j_lane = sch.split(j_loop, [None, jt, nj, lanes])
+    i_outer, i_inner = sch.split(i_loop, [None, mr])
+    sch.reorder(s_loop, jb, i_outer, jt_loop, k_loop, i_inner, j_vec, j_lane)
+    sch.parallel(sch.fuse(s_loop, jb, i_outer))
+    sch.unroll(i_inner)
+    sch.unroll(j_vec)
+    sch.vectorize(j_lane)
+
+    sch.reverse_compute_at(writeback, jt_loop, preserve_unit_loops=True)
+    vectorize_inner(sch, writeback, lanes)
+    init = sch.decompose_reduction(main, k_loop)
+    vectorize_inner(sch, init, lanes)
+
+    for blk in sch.get_child_blocks(root):  # epilogue blocks that could not be folded
+        if not sch.get(blk).same_as(sch.get(main)) and sch.get_producers(blk) and _reads_output(
+            sch, blk, writeback
+        ):
+            schedule_injective(sch, blk, shape)
+
+
+def _next_stage(sch: s_tir.Schedule, blk, main):
+    """The pad block between ``blk`` and ``main``, or None when ``blk`` feeds ``main`` directly."""
+    consumers = sch.get_consumers(blk)
+    if len(consumers) == 1 and not sch.get(consumers[0]).same_as(sch.get(main)):
+        return consumers[0]
+    return None
+
+
+def _fold_consumers_into(sch: s_tir.Schedule, writeback) -> None:
+    """Reverse-inline the unpad/reindex copies and the epilogue into the write-back block."""
+    progress = True
+    while progress:
+        progress = False
+        for consumer in sch.get_consumers(writeback):
+            try:
+                sch.reverse_compute_inline(consumer)
+            except s_tir.ScheduleError:
+                continue
+            progress = True
+            break
+
+
+def _reads_output(sch: s_tir.Schedule, blk, writeback) -> bool:
+    outs = {r.source.name for r in sch.get(writeback).writes}
+    return any(r.source.name in outs for r in sch.get(blk).reads)
+
+
+def _is_layout_free(buffer, layout_free: set[int], func: tirx.PrimFunc) -> bool:
+    """Whether ``buffer`` is a parameter the caller passes as a constant (a weight).
+
+    In TVM 0.27 a PrimFunc's params are its buffers, so identity is a ``same_as``.
+    """
+    return any(i < len(func.params) and func.params[i].same_as(buffer) for i in layout_free)
+
+
+def _parallel_copy(sch: s_tir.Schedule, blk, shape: CpuShape, lanes: int) -> None:
+    loops = sch.get_loops(blk)
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    vectorize_inner(sch, blk, lanes)

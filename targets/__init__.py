@@ -1,0 +1,51 @@
+"""Compilation targets. Each says everything about itself: its TVM target, pipeline and device.
+
+Targets register here by name; ``accelc compile -t NAME`` and ``accelc.compile(target=NAME)``
+look them up. Adding a target is adding an entry (the CUDA and simulated-accelerator targets
+join the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import TargetError
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    description: str
+    make: Callable  # (**options) -> tvm.target.Target
+    pipeline: Callable  # (target, database, fast_math) -> tvm.transform.Pass
+    device: Callable  # () -> tvm.runtime.Device
+    check_runnable: Callable  # (artifact target dict) -> None, raising ArtifactError if not here
+
+
+def _cpu() -> TargetSpec:
+    from . import cpu
+
+    return TargetSpec(
+        name="cpu",
+        description="this host's CPU via LLVM (ISA features and cores detected; AVX2/AVX-512)",
+        make=cpu.host_target,
+        pipeline=cpu.pipeline,
+        device=cpu.device,
+        check_runnable=cpu.check_runnable,
+    )
+
+
+_FACTORIES: dict[str, Callable[[], TargetSpec]] = {"cpu": _cpu}
+_ALIASES = {"llvm": "cpu", "accelc/cpu": "cpu", "x86": "cpu"}
+
+
+def names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get(name: str) -> TargetSpec:
+    key = _ALIASES.get(name, name)
+    if key not in _FACTORIES:
+        raise TargetError(f"unknown target '{name}'; available: {', '.join(names())}")
+    return _FACTORIES[key]()

@@ -1,0 +1,225 @@
+"""The CPU target: a TVM tag built from the host, and a real lowering pipeline.
+
+``tvm.compile`` on an llvm target only legalizes: no fusion, no schedule, naive loops. This
+pipeline legalizes (with vectorizable fast-math kernels), fuses, applies a MetaSchedule
+database when given one, schedules everything else with the default rules in
+``accelc.schedules.cpu``, folds weight packing into constants, and lowers for the VM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import tvm
+from tvm import relax, te, tirx, topi
+from tvm.s_tir import dlight as dl
+from tvm.target import Target
+from tvm.target.codegen import llvm_get_system_cpu
+
+from ..errors import ArtifactError
+from ..schedules.cpu import default_rules
+
+TAG = "accelc/cpu"
+# ISA extensions that decide whether code built for one x86 CPU runs on another.
+ISA_FEATURES = ("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                "avx512vnni", "avxvnni", "amx-tile", "neon", "sve")
+
+
+def host_cores() -> int:
+    """Cores this process may run on (affinity-aware), the default thread count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def host_target(num_cores: int | None = None, mcpu: str | None = None) -> Target:
+    """An llvm target for this machine: its real ``mcpu`` (hence ISA features) and cores."""
+    cfg = {
+        "kind": "llvm",
+        "mcpu": mcpu or llvm_get_system_cpu(),
+        "num-cores": int(num_cores or host_cores()),
+        "keys": ["cpu"],
+    }
+    return Target(cfg)
+
+
+def register_tag() -> None:
+    """Register ``accelc/cpu`` (this host) with TVM's tag registry; idempotent."""
+    cfg = {k: v for k, v in host_target().export().items() if k in ("kind", "mcpu", "num-cores", "keys")}
+    tvm.target.tag.register_tag(TAG, cfg, override=True)
+
+
+def device():
+    return tvm.cpu(0)
+
+
+def isa_features(target: Target) -> list[str]:
+    """The ISA extensions ``target`` may use (what an artifact built for it requires)."""
+    from tvm.target.codegen import target_has_features
+
+    out = []
+    for feat in ISA_FEATURES:
+        try:
+            if target_has_features([feat], target):
+                out.append(feat)
+        except Exception:  # noqa: BLE001 - a feature name this LLVM does not know
+            continue
+    return out
+
+
+def check_runnable(meta_target: dict, required: list[str]) -> None:
+    """Refuse an artifact whose code needs ISA extensions this host lacks."""
+    if meta_target.get("kind") != "llvm":
+        raise ArtifactError(f"artifact targets '{meta_target.get('kind')}', not this CPU")
+    missing = sorted(set(required) - set(isa_features(host_target())))
+    if missing:
+        raise ArtifactError(
+            f"artifact was built for CPU '{meta_target.get('mcpu')}' and needs {', '.join(missing)}, "
+            f"which this CPU ('{llvm_get_system_cpu()}') lacks: recompile it here"
+        )
+
+
+# -- fast-math legalization ------------------------------------------------------------------
+# libm's expf/erff/tanhf are scalar calls that LLVM cannot vectorize; TOPI's fast_* versions are
+# polynomial (|rel err| ≲ 1e-6 on float32, well inside the 1e-3 verification tolerance) and
+# vectorize. onnxruntime's MLAS kernels make the same trade.
+def _unary(fn, name):
+    def legalize(bb: relax.BlockBuilder, call: relax.Call):
+        if call.args[0].ty.dtype != "float32":
+            return None
+        return bb.call_te(fn, call.args[0], primfunc_name_hint=name)
+
+    return legalize
+
+
+def _gelu(bb: relax.BlockBuilder, call: relax.Call):
+    if call.args[0].ty.dtype != "float32":
+        return None
+
+    def te_gelu(x: te.Tensor):
+        erf = topi.fast_erf(x * tirx.const(math.sqrt(0.5), "float32"))
+        return x * (tirx.const(0.5, "float32") + erf * tirx.const(0.5, "float32"))
+
+    return bb.call_te(te_gelu, call.args[0], primfunc_name_hint="gelu")
+
+
+def _gelu_tanh(bb: relax.BlockBuilder, call: relax.Call):
+    if call.args[0].ty.dtype != "float32":
+        return None
+
+    def te_gelu_tanh(x: te.Tensor):
+        c = tirx.const(math.sqrt(2.0 / math.pi), "float32")
+        inner = c * x * (tirx.const(1.0, "float32") + tirx.const(0.044715, "float32") * x * x)
+        return tirx.const(0.5, "float32") * x * (tirx.const(1.0, "float32") + topi.fast_tanh(inner))
+
+    return bb.call_te(te_gelu_tanh, call.args[0], primfunc_name_hint="gelu_tanh")
+
+
+def _softmax(bb: relax.BlockBuilder, call: relax.Call):
+    if call.args[0].ty.dtype != "float32":
+        return None
+    return bb.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis, primfunc_name_hint="softmax")
+
+
+def _sigmoid(bb: relax.BlockBuilder, call: relax.Call):
+    if call.args[0].ty.dtype != "float32":
+        return None
+    one = tirx.const(1.0, "float32")
+    return bb.call_te(lambda x: one / (one + topi.fast_exp(-x)), call.args[0], primfunc_name_hint="sigmoid")
+
+
+def fast_math_legalize_map() -> dict:
+    """Legalizations that replace libm transcendental calls with vectorizable polynomials."""
+    return {
+        "relax.exp": _unary(topi.fast_exp, "fast_exp"),
+        "relax.erf": _unary(topi.fast_erf, "fast_erf"),
+        "relax.tanh": _unary(topi.fast_tanh, "fast_tanh"),
+        "relax.sigmoid": _sigmoid,
+        "relax.nn.softmax": _softmax,
+        "relax.nn.gelu": _gelu,
+        "relax.nn.gelu_tanh": _gelu_tanh,
+    }
+
+
+def _legalize(fast_math: bool) -> tvm.transform.Pass:
+    if not fast_math:
+        return relax.transform.LegalizeOps()
+    custom = fast_math_legalize_map()
+
+    # LegalizeOps calls a customized legalizer unconditionally; fall back to the default one
+    # for dtypes the fast kernels do not cover.
+    def wrap(op_name, fn):
+        default = tvm.ir.Op.get(op_name).get_attr("FLegalize")
+
+        def legalize(bb, call):
+            out = fn(bb, call)
+            return default(bb, call) if out is None else out
+
+        return legalize
+
+    return relax.transform.LegalizeOps({k: wrap(k, v) for k, v in custom.items()})
+
+
+@tvm.transform.module_pass(opt_level=0, name="accelc.cpu.ChannelsLastConvs")
+def channels_last_convs(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Convert conv2d to NHWC data / OHWI weights (what ``Conv2dNHWC`` schedules), if any.
+
+    Only run when the module has a conv2d, and skipped if layout inference fails: TVM 0.27's
+    ConvertLayout crashes on a binary op with a 0-d operand even with no conv in sight
+    ("Invalid SLayout: can't find S in source layout ABC" on ``maximum(x, const(1e-9))``).
+    NCHW convs then take the fallback schedule: slower, still correct.
+    """
+    if not _has_op(mod, "relax.nn.conv2d"):
+        return mod
+    try:
+        return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+    except tvm.TVMError:
+        return mod
+
+
+def _has_op(mod: tvm.IRModule, op_name: str) -> bool:
+    op = tvm.ir.Op.get(op_name)
+    found = []
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(
+                func, lambda e: found.append(1) if isinstance(e, relax.Call) and e.op.same_as(op) else None)
+    return bool(found)
+
+
+def pipeline(target: Target, database=None, fast_math: bool = True) -> tvm.transform.Pass:
+    """The CPU lowering pipeline, as one Pass for ``tvm.compile(..., relax_pipeline=...)``."""
+    @tvm.transform.module_pass(opt_level=0, name="accelc.cpu.pipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        cpu = relax.backend.cpu_generic.pipeline
+        seq = [
+            channels_last_convs,
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            *cpu.library_dispatch_passes(target),
+            _legalize(fast_math),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.AttachAttrLayoutFreeBuffers(),
+        ]
+        if database is not None:
+            seq.append(relax.transform.MetaScheduleApplyDatabase(enable_warning=False))
+        seq += [
+            dl.ApplyDefaultSchedule(*default_rules()),
+            relax.transform.SplitLayoutRewritePreproc(),
+            relax.transform.FoldConstant(),
+            relax.transform.DeadCodeElimination(),
+            *cpu.dataflow_lower_passes(target),
+            *cpu.finalize_passes(target),
+        ]
+        with target:
+            if database is not None:
+                with database:
+                    return tvm.transform.Sequential(seq)(mod)
+            return tvm.transform.Sequential(seq)(mod)
+
+    return _pipeline
