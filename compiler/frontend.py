@@ -206,7 +206,7 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
         return None  # unknown rank
     out = []
     for d in vi.type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:  # 0 is a real (empty) extent
             out.append(int(d.dim_value))
         elif d.HasField("dim_param") and d.dim_param:
             out.append(d.dim_param)

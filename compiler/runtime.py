@@ -46,6 +46,15 @@ def set_num_threads(n: int) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, int(n))
 
 
+def _to_numpy(value, spec: TensorSpec) -> np.ndarray:
+    """A VM result as NumPy: tensors directly; shape values (ONNX ``Shape``) and scalars too."""
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    if isinstance(value, tuple):  # tvm.runtime.ShapeTuple is a tuple of ints
+        return np.array([int(v) for v in value], dtype=spec.dtype).reshape(spec.shape)
+    return np.array(getattr(value, "value", value), dtype=spec.dtype).reshape(spec.shape)
+
+
 class CompiledModel:
     """A compiled model on its device. ``run`` mirrors ``onnxruntime.InferenceSession.run``."""
 
@@ -102,14 +111,16 @@ class CompiledModel:
             if bound is not None and arr.size and (arr.min() < -bound or arr.max() >= bound):
                 raise InputError(f"input '{spec.name}' indexes a table of {bound} rows: values must be in "
                                  f"[{-bound}, {bound}), got [{arr.min()}, {arr.max()}]")
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(arr), self.device))
+            # np.ascontiguousarray would turn a 0-d scalar into shape (1,)
+            args.append(tvm.runtime.tensor(np.array(arr, order="C", copy=not arr.flags.c_contiguous), self.device))
         return args
 
     def _invoke(self, args):
         import tvm
 
         out = self._vm["main"](*args)
-        if isinstance(out, tvm.runtime.Tensor):
+        # A tuple of outputs comes back as an FFI Array; ShapeTuple is a tuple but one value.
+        if isinstance(out, (tvm.runtime.Tensor, tvm.runtime.ShapeTuple)) or not hasattr(out, "__len__"):
             return [out]
         return list(out)
 
@@ -117,7 +128,7 @@ class CompiledModel:
             ) -> dict[str, np.ndarray]:
         """Run once; returns ``{output name: array}`` (only ``output_names`` if given)."""
         outs = self._invoke(self._args(feeds))
-        result = {spec.name: o.numpy() for spec, o in zip(self.meta.outputs, outs)}
+        result = {spec.name: _to_numpy(o, spec) for spec, o in zip(self.meta.outputs, outs)}
         if output_names is None:
             return result
         bad = [n for n in output_names if n not in result]

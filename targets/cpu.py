@@ -189,37 +189,93 @@ def _has_op(mod: tvm.IRModule, op_name: str) -> bool:
     return bool(found)
 
 
-def pipeline(target: Target, database=None, fast_math: bool = True) -> tvm.transform.Pass:
-    """The CPU lowering pipeline, as one Pass for ``tvm.compile(..., relax_pipeline=...)``."""
+def front_passes(target: Target, fast_math: bool = True) -> list:
+    """Import-level cleanup → legalize (fast math) → fuse: the PrimFuncs the rules schedule."""
+    cpu = relax.backend.cpu_generic.pipeline
+    return [
+        channels_last_convs,
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        *cpu.library_dispatch_passes(target),
+        _legalize(fast_math),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.AttachAttrLayoutFreeBuffers(),
+    ]
+
+
+def schedule_passes(database=None) -> list:
+    """Tuned schedules from ``database`` first, the default rules for everything else, then
+    weight packing split out of the kernels and folded into constants."""
+    seq = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if database is not None else []
+    return seq + [
+        dl.ApplyDefaultSchedule(*default_rules()),
+        split_weight_packing,
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
+def _packs_weights(func) -> bool:
+    import tvm_ffi
+    from tvm import s_tir
+
+    found = []
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: found.append(1) if b.annotations and
+                                         "meta_schedule.layout_rewrite_preproc" in b.annotations else None)])
+    return bool(found)
+
+
+@tvm.transform.module_pass(opt_level=0, name="accelc.cpu.SplitWeightPacking")
+def split_weight_packing(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """``SplitLayoutRewritePreproc`` applied only to the PrimFuncs that pack a weight.
+
+    Upstream symptom: the pass visits every PrimFunc and aborts on one without compute blocks
+    (a scan built with the IR builder): "There should be a compute block if there is only one
+    subtree under the root". The others are set aside and put back unchanged.
+    """
+    aside = {gv: f for gv, f in mod.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and not _packs_weights(f)}
+    if len(aside) == sum(isinstance(f, tvm.tirx.PrimFunc) for _, f in mod.functions_items()):
+        return mod
+    work = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv not in aside}, attrs=mod.attrs)
+    out = relax.transform.SplitLayoutRewritePreproc()(work)
+    for gv, f in aside.items():
+        out[gv] = f
+    return out
+
+
+def back_passes(target: Target) -> list:
+    """Relax → VM bytecode lowering (TVM's CPU defaults)."""
+    cpu = relax.backend.cpu_generic.pipeline
+    return [*cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]
+
+
+def pipeline(target: Target | None = None, database=None, fast_math: bool = True) -> tvm.transform.Pass:
+    """The CPU lowering pipeline, as one Pass for ``tvm.compile(..., relax_pipeline=...)``.
+
+    ``target`` defaults to the one ``tvm.compile`` is running for (``Target.current()``).
+    Registered with TVM as the Relax pipeline ``"accelc.cpu"``.
+    """
+
     @tvm.transform.module_pass(opt_level=0, name="accelc.cpu.pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        cpu = relax.backend.cpu_generic.pipeline
-        seq = [
-            channels_last_convs,
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            *cpu.library_dispatch_passes(target),
-            _legalize(fast_math),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-            relax.transform.AttachAttrLayoutFreeBuffers(),
-        ]
-        if database is not None:
-            seq.append(relax.transform.MetaScheduleApplyDatabase(enable_warning=False))
-        seq += [
-            dl.ApplyDefaultSchedule(*default_rules()),
-            relax.transform.SplitLayoutRewritePreproc(),
-            relax.transform.FoldConstant(),
-            relax.transform.DeadCodeElimination(),
-            *cpu.dataflow_lower_passes(target),
-            *cpu.finalize_passes(target),
-        ]
-        with target:
+        tgt = target or Target.current(allow_none=True) or host_target()
+        seq = front_passes(tgt, fast_math) + schedule_passes(database) + back_passes(tgt)
+        with tgt:
             if database is not None:
                 with database:
                     return tvm.transform.Sequential(seq)(mod)
             return tvm.transform.Sequential(seq)(mod)
 
     return _pipeline
+
+
+@relax.register_pipeline("accelc.cpu")
+def _registered_pipeline(database=None, fast_math: bool = True):
+    return pipeline(None, database=database, fast_math=fast_math)
+
+
+register_tag()

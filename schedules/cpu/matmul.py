@@ -20,7 +20,9 @@ import math
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
-from tvm.s_tir.dlight.gpu.matmul import IterKind, detect_iter_traits, make_iter_fusion_index_map
+from tvm.ir import Range
+from tvm.s_tir.dlight.gpu.matmul import IterKind, IterTrait, make_iter_fusion_index_map
+from tvm.tirx.analysis import undefined_vars
 
 from .base import (
     CPURule,
@@ -57,6 +59,54 @@ def micro_kernel(m: int, n: int, lanes: int, registers: int) -> tuple[int, int]:
             if score > best_score + 1e-9:
                 best, best_score = (mr, nj), score
     return best
+
+
+def detect_iter_traits(block: s_tir.SBlock):
+    """Classify a ``C[S, I, J] += A[S, I, K] · B[S, J, K]`` block's iterators (any order).
+
+    dlight's version demands an I axis; here a missing (extent-1) I is allowed, so batch-1
+    GEMV ``[1, K] × [K, N]`` takes the same packed micro-kernel with ``mr = 1``. Returns
+    (A traits, B traits, C traits, block traits) or None.
+    """
+    if len(block.reads) < 2 or len(block.writes) != 1:
+        return None
+
+    def axes(region: list[Range]):
+        out = set()
+        for r in region:
+            if not (isinstance(r.extent, tirx.IntImm) and r.extent.value == 1):
+                return None
+            out |= set(undefined_vars(r.min))
+        return out
+
+    a_axes, b_axes, c_axes = axes(block.reads[0].region), axes(block.reads[1].region), axes(block.writes[0].region)
+    if a_axes is None or b_axes is None or c_axes is None:
+        return None
+    traits = {}
+    for iv in block.iter_vars:
+        var, ext = iv.var, iv.dom.extent
+        if isinstance(ext, tirx.IntImm) and ext.value == 1:
+            kind = IterKind.kIter_T
+        elif iv.iter_type == tirx.IterVar.DataPar:
+            in_a, in_b, in_c = var in a_axes, var in b_axes, var in c_axes
+            if in_a and in_b and in_c:
+                kind = IterKind.kIter_S
+            elif in_a and in_c:
+                kind = IterKind.kIter_I
+            elif in_b and in_c:
+                kind = IterKind.kIter_J
+            else:
+                return None
+        elif iv.iter_type == tirx.IterVar.CommReduce and var in a_axes and var in b_axes and var not in c_axes:
+            kind = IterKind.kIter_K
+        else:
+            return None
+        traits[var] = IterTrait(kind, ext)
+    kinds = {t.kind for t in traits.values()}
+    if not {_J, _K} <= kinds:
+        return None
+    pick = lambda ax: [traits[iv.var] for iv in block.iter_vars if iv.var in ax]  # noqa: E731
+    return pick(a_axes), pick(b_axes), pick(c_axes), [traits[iv.var] for iv in block.iter_vars]
 
 
 class Matmul(CPURule):
