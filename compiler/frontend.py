@@ -330,7 +330,16 @@ def _slim(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             out = onnxslim.slim(model, skip_optimizations=["graph_fusion", "weight_tying"])
         except Exception:  # noqa: BLE001 - a folding failure leaves the graph as it was
             return model
-    return out if isinstance(out, onnx.ModelProto) else model
+    if not isinstance(out, onnx.ModelProto):
+        return model
+    # onnxslim drops graph inputs that folding made unused; the model's interface must not
+    # change (callers feed every input), so put them back, in their original order.
+    kept = {i.name: i for i in out.graph.input}
+    inits = {t.name for t in out.graph.initializer}
+    inputs = [kept.get(i.name, i) for i in model.graph.input if i.name in kept or i.name not in inits]
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
+    return out
 
 
 def _infer_shapes(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -452,19 +461,34 @@ def import_model(model, input_shapes=None, fold: str = "auto") -> ImportedModel:
 
 
 def _parse_tvmscript(path: Path):
+    """The IRModule a TVMScript file defines.
+
+    A ``.py`` file is run as the Python it is (it imports ``tvm.script`` and decorates a class
+    with ``@I.ir_module``), and must define exactly one IRModule (or one named ``Module``);
+    a ``.tvmscript`` file holds the bare printed module, parsed with ``tvm.script.from_source``.
+    """
+    import runpy
+
     import tvm
 
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
-    text = path.read_text()
     try:
         with _quiet():
-            mod = tvm.script.from_source(text)
-    except Exception as err:  # noqa: BLE001 - the TVMScript parser raises DiagnosticError et al.
-        raise ModelError(f"{path}: not a TVMScript IRModule ({str(err).strip().splitlines()[-1]})") from None
-    if not isinstance(mod, tvm.IRModule):
-        raise ModelError(f"{path}: the TVMScript defines a {type(mod).__name__}, not an IRModule")
-    return mod
+            if path.suffix == ".tvmscript":
+                found = {"Module": tvm.script.from_source(path.read_text())}
+            else:
+                found = runpy.run_path(str(path), run_name="accelc_tvmscript")
+    except Exception as err:  # noqa: BLE001 - parse errors of any kind are the file's
+        last = [ln for ln in str(err).strip().splitlines() if ln.strip()] or [type(err).__name__]
+        raise ModelError(f"{path}: not a TVMScript IRModule ({type(err).__name__}: {last[-1].strip()})") from None
+    mods = {k: v for k, v in found.items() if isinstance(v, tvm.IRModule)}
+    if "Module" in mods:
+        return mods["Module"]
+    if len(mods) != 1:
+        raise ModelError(f"{path}: defines {len(mods)} IRModules ({', '.join(mods) or 'none'}); "
+                         "name the one to compile 'Module'")
+    return next(iter(mods.values()))
 
 
 def random_feeds(specs: Sequence[TensorSpec], seed: int = 0,

@@ -89,9 +89,40 @@ def cast_shape_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def empty_inputs_as_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Read zero-element graph inputs from an equal empty constant instead.
+
+    An input with a 0 extent has no values at run time, so its content is known while
+    compiling. Upstream symptom: ops that need a constant operand ("Only constant axes
+    currently supported" for ``Reduce*`` with an empty ``axes`` input) reject it. The input
+    stays in the graph's interface (callers still feed it); it is simply no longer read.
+    """
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    swap = {}
+    for vi in g.input:
+        t = vi.type.tensor_type
+        if vi.name in inits or not vi.type.HasField("tensor_type") or not t.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        if dims and 0 in dims and all(d >= 0 for d in dims):
+            name = f"{vi.name}__accelc_empty"
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+            g.initializer.append(numpy_helper.from_array(np.zeros(dims, dtype), name))
+            swap[vi.name] = name
+    if swap:
+        for graph in _graphs(g):
+            for node in graph.node:
+                for i, name in enumerate(node.input):
+                    if name in swap:
+                        node.input[i] = swap[name]
+    return model
+
+
 def apply_all(model: onnx.ModelProto) -> onnx.ModelProto:
     """Every repair, in an order where each one sees the result of the previous."""
     model = normalize_constants(model)
+    model = empty_inputs_as_constants(model)
     model = static_expand_shapes(model)
     model = cast_shape_outputs(model)
     return model

@@ -184,7 +184,9 @@ class Attention(upstream.OnnxOpConverter):
         with_bias = qk if bias is None else bb.normalize(relax.op.add(qk, bias))
         probs = relax.op.nn.softmax(with_bias, axis=-1)
         if bias is not None:  # rows with no attendable key: zeros, not NaN
-            masked_row = relax.op.equal(relax.op.max(bias, axis=-1, keepdims=True), ninf)
+            # (not max(bias) == -inf: TVM's max reduction starts from finfo.min, not -inf)
+            is_ninf = relax.op.astype(relax.op.equal(bias, ninf), "int32")
+            masked_row = relax.op.equal(relax.op.min(is_ninf, axis=-1, keepdims=True), relax.const(1, "int32"))
             probs = relax.op.where(masked_row, zero, probs)
         probs = bb.normalize(probs)
         y = relax.op.matmul(probs, v)
@@ -458,3 +460,54 @@ class CumProd(_RuntimeAxisScan):
     @classmethod
     def _impl_v26(cls, bb, inputs, attr, params):
         return cls._impl(bb, inputs, attr, params)
+
+
+@converter("IsInf")
+class IsInf(upstream.OnnxOpConverter):
+    """IsInf honouring ``detect_positive``/``detect_negative``.
+
+    Upstream symptom: both attributes are ignored, so ``detect_negative=0`` still reports -inf.
+    """
+
+    @classmethod
+    def _impl_v10(cls, bb, inputs, attr, params):
+        x = inputs[0]
+        pos, neg = int(_attr(attr, "detect_positive", 1)), int(_attr(attr, "detect_negative", 1))
+        dtype = str(x.ty.dtype)
+        if pos and neg:
+            return relax.op.isinf(x)
+        if not pos and not neg:
+            return relax.op.zeros(_shape(x), "bool")
+        return relax.op.equal(x, relax.const(float("inf") if pos else float("-inf"), dtype))
+
+
+@converter("Gather")
+class Gather(upstream.OnnxOpConverter):
+    """Gather with negative-index normalisation done at import time when shapes are static.
+
+    Upstream computes the axis extent at run time (``shape_to_tensor(shape_of(x))`` → take →
+    less/add/where) even for static shapes and constant indices; every such chain is left for
+    FoldConstant, which JIT-compiles and runs each one (7 of DeiT-tiny's 11 s of compile time).
+    Here constant indices are normalised with NumPy, runtime indices against a constant extent.
+    """
+
+    @classmethod
+    def _impl_v13(cls, bb, inputs, attr, params):
+        data, indices = inputs[0], inputs[1]
+        axis = int(_attr(attr, "axis", 0))
+        static = (isinstance(data, relax.Expr) and isinstance(data.ty, relax.TensorType)
+                  and data.ty.shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in data.ty.shape.values))
+        if not static or isinstance(indices, relax.ShapeExpr):
+            return upstream.Gather.get_converter(13)(bb, inputs, attr, params)
+        extent = int(data.ty.shape.values[axis])
+        if isinstance(indices, tvm.ir.GenericConst):
+            idx = indices.value.numpy()
+            if isinstance(data, tvm.ir.GenericConst):
+                out = np.take(data.value.numpy(), idx, axis=axis)
+                return relax.const(out, str(out.dtype))
+            idx = np.where(idx < 0, idx + extent, idx)
+            return relax.op.take(data, relax.const(idx, str(idx.dtype)), axis)
+        dtype = str(indices.ty.dtype)
+        fixed = relax.op.where(relax.op.less(indices, relax.const(0, dtype)),
+                               relax.op.add(indices, relax.const(extent, dtype)), indices)
+        return relax.op.take(data, bb.normalize(fixed), axis)
