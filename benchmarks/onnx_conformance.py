@@ -3,8 +3,8 @@
     python -m accelc.benchmarks.onnx_conformance [--flow accelc|stock|both] [--jobs 2] [--json out.json]
 
 The cases are generated in memory (``onnx.backend.test.case.node.collect_testcases``; the onnx
-wheel no longer ships their data). Each case compiles and runs in a forked child, so a crash or
-a hang costs one case, not the run. Outcomes: pass, mismatch, unsupported (an op the frontend
+wheel no longer ships their data). Cases run in spawned worker processes, so a crash or a hang
+costs one case (the worker is replaced), not the run. Outcomes: pass, mismatch, unsupported (an op the frontend
 refuses), import (other import failure), compile, run, crash, timeout, skipped (sequence,
 optional or string I/O, which no tensor compiler takes).
 
@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
-import select
-import signal
 import sys
 import time
 from collections import Counter
@@ -167,25 +164,8 @@ def _run_stock(case, feeds):
         raise _Outcome("run", f"{type(err).__name__}: {err}") from None
 
 
-def _child(case, flow: str, fd: int) -> None:
-    """Forked child: silence output, run the case, send the pickled result, exit hard."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    try:
-        res = run_case(case, flow)
-    except BaseException as err:  # noqa: BLE001
-        res = CaseResult(case.name, "crash", f"{type(err).__name__}: {err}"[:200])
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pickle.dumps(res))
-    os._exit(0)
-
-
 def _warm_up(flow: str) -> None:
-    """Pay the one-time costs (LLVM and TVM initialisation, imports) once, before forking.
-
-    Only compiles: running would start TVM's thread pool, whose threads a forked child lacks.
-    """
+    """Pay the one-time costs (LLVM and TVM initialisation, imports) once per worker."""
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
@@ -203,52 +183,83 @@ def _warm_up(flow: str) -> None:
         tvm.compile(from_onnx(model), tvm.target.Target({"kind": "llvm"}))
 
 
-def run_all(cases, flow: str = "accelc", jobs: int = 2, timeout: float = 60.0, progress=None):
-    """Run ``cases`` ``jobs`` at a time, each in a forked child; returns [CaseResult]."""
+def _worker(conn, flow: str) -> None:
+    """A fresh interpreter that runs the cases it is sent until it is sent None.
+
+    Workers are spawned, not forked: a process that already ran TVM code owns a thread pool
+    whose threads a forked child would not have (its parallel loops then spin forever).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     _warm_up(flow)
+    while True:
+        case = conn.recv()
+        if case is None:
+            return
+        try:
+            res = run_case(case, flow)
+        except BaseException as err:  # noqa: BLE001 - report, keep serving
+            res = CaseResult(case.name, "crash", f"{type(err).__name__}: {err}"[:200])
+        conn.send(res)
+
+
+def run_all(cases, flow: str = "accelc", jobs: int = 2, timeout: float = 60.0, progress=None):
+    """Run ``cases`` on ``jobs`` worker processes; a crash or hang costs one case (the worker is
+    replaced). Returns [CaseResult] sorted by name."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")
+
+    def start():
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child, flow), daemon=True)
+        proc.start()
+        child.close()
+        return {"proc": proc, "conn": parent, "case": None, "since": 0.0}
+
     pending = list(cases)
-    running: dict[int, tuple] = {}  # pid -> (case, read fd, start time, chunks)
+    workers = [start() for _ in range(max(1, min(jobs, len(pending))))]
     results: list[CaseResult] = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            case = pending.pop(0)
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(r)
-                _child(case, flow, w)
-            os.close(w)
-            running[pid] = (case, r, time.monotonic(), [])
-        fds = {v[1]: pid for pid, v in running.items()}
-        ready, _, _ = select.select(list(fds), [], [], 0.5)
-        for fd in ready:
-            chunk = os.read(fd, 1 << 16)
-            if chunk:
-                running[fds[fd]][3].append(chunk)
+
+    def finish(w, res):
+        results.append(res)
+        w["case"] = None
+        if progress:
+            progress(res)
+
+    while pending or any(w["case"] is not None for w in workers):
+        for w in workers:
+            if w["case"] is None and pending:
+                w["case"], w["since"] = pending.pop(0), time.monotonic()
+                w["conn"].send(w["case"])
+        busy = [w for w in workers if w["case"] is not None]
+        ready = wait([w["conn"] for w in busy], timeout=0.5)
+        for w in busy:
+            if w["conn"] in ready:
+                try:
+                    finish(w, w["conn"].recv())
+                    continue
+                except (EOFError, OSError):  # the worker died inside the case
+                    w["proc"].join(5)
+                    code = w["proc"].exitcode
+                    detail = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+                    finish(w, CaseResult(w["case"].name, "crash", detail))
+            elif time.monotonic() - w["since"] > timeout:
+                w["proc"].kill()
+                finish(w, CaseResult(w["case"].name, "timeout", f">{timeout:.0f} s"))
+            else:
                 continue
-            pid = fds[fd]
-            case, _, _, chunks = running.pop(pid)
-            os.close(fd)
-            _, status = os.waitpid(pid, 0)
-            try:
-                res = pickle.loads(b"".join(chunks))
-            except Exception:  # noqa: BLE001 - the child died before sending anything
-                sig = os.WSTERMSIG(status) if os.WIFSIGNALED(status) else 0
-                res = CaseResult(case.name, "crash", f"signal {sig}" if sig else f"exit {os.WEXITSTATUS(status)}")
-            results.append(res)
-            if progress:
-                progress(res)
-        now = time.monotonic()
-        for pid, (case, fd, start, _) in list(running.items()):
-            if now - start > timeout:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                os.close(fd)
-                running.pop(pid)
-                res = CaseResult(case.name, "timeout", f">{timeout:.0f} s")
-                results.append(res)
-                if progress:
-                    progress(res)
+            w.update(start())  # replace a dead or killed worker
+    for w in workers:
+        try:
+            w["conn"].send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        w["proc"].join(10)
+        if w["proc"].is_alive():
+            w["proc"].kill()
     return sorted(results, key=lambda r: r.name)
 
 
