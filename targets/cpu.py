@@ -175,7 +175,7 @@ def channels_last_convs(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return mod
     try:
         return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
-    except tvm.TVMError:
+    except RuntimeError:  # tvm.error.InternalError
         return mod
 
 

@@ -1,13 +1,10 @@
-"""Shared fixtures: the host CPU target, ONNX model builders and an onnxruntime oracle."""
+"""Shared fixtures (helpers live in ``accelc.tests.util``)."""
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
@@ -17,52 +14,3 @@ def cpu_target():
     from accelc.targets.cpu import host_target
 
     return host_target()
-
-
-def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="g") -> onnx.ModelProto:
-    """A small ONNX model; ``inputs``/``outputs`` are (name, elem_type, shape) triples."""
-    graph = helper.make_graph(
-        nodes, name,
-        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
-        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
-        [numpy_helper.from_array(np.asarray(a), n) for n, a in initializers],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
-
-
-def mlp_model(batch="batch", d_in=16, d_hidden=32, d_out=8, seed=0) -> onnx.ModelProto:
-    """x → MatMul → Add → Relu → MatMul → Add: a tiny model for API and CLI tests."""
-    rng = np.random.default_rng(seed)
-    w1 = rng.standard_normal((d_in, d_hidden)).astype("float32")
-    w2 = rng.standard_normal((d_hidden, d_out)).astype("float32")
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1/MatMul"),
-        helper.make_node("Add", ["h", "b1"], ["h2"], name="fc1/Add"),
-        helper.make_node("Relu", ["h2"], ["h3"], name="relu"),
-        helper.make_node("MatMul", ["h3", "w2"], ["o"], name="fc2/MatMul"),
-        helper.make_node("Add", ["o", "b2"], ["y"], name="fc2/Add"),
-    ]
-    return make_model(
-        nodes, [("x", TensorProto.FLOAT, [batch, d_in])], [("y", TensorProto.FLOAT, [batch, d_out])],
-        [("w1", w1), ("b1", rng.standard_normal(d_hidden).astype("float32")), ("w2", w2),
-         ("b2", rng.standard_normal(d_out).astype("float32"))],
-    )
-
-
-def ort_run(model, feeds):
-    from accelc.compiler.oracle import run_onnxruntime
-
-    return run_onnxruntime(model, feeds)
-
-
-def assert_matches_ort(outputs: dict, ref: dict, rtol=1e-3, atol=1e-4):
-    assert set(outputs) == set(ref), (set(outputs), set(ref))
-    for name, want in ref.items():
-        np.testing.assert_allclose(outputs[name], want, rtol=rtol, atol=atol, err_msg=name)
-
-
-@pytest.fixture
-def mlp():
-    return mlp_model()

@@ -10,7 +10,7 @@ import pytest
 import accelc
 from accelc.errors import ArtifactError, InputError, PassError, TargetError, UsageError
 
-from .conftest import assert_matches_ort, mlp_model, ort_run
+from accelc.tests.util import assert_matches_ort, mlp_model, ort_run
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_tvm_plugin_registration():
 def test_no_fast_math_uses_libm():
     from onnx import TensorProto, helper
 
-    from .conftest import make_model
+    from accelc.tests.util import make_model
 
     model = make_model([helper.make_node("Erf", ["x"], ["y"])], [("x", TensorProto.FLOAT, [64])],
                        [("y", TensorProto.FLOAT, [64])])

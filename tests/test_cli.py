@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from .conftest import make_model, mlp_model, ort_run
+from accelc.tests.util import make_model, mlp_model, ort_run
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 ENV.pop("ACCELC_DEBUG", None)

@@ -14,7 +14,7 @@ import accelc
 from accelc.compiler.frontend import import_onnx
 from accelc.targets import cpu
 
-from .conftest import mlp_model, ort_run
+from accelc.tests.util import mlp_model, ort_run
 
 
 @pytest.fixture(scope="module")

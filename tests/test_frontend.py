@@ -11,7 +11,7 @@ import accelc
 from accelc.compiler import frontend, onnx_fixes
 from accelc.errors import ModelError, ShapeError, UnsupportedOpError
 
-from .conftest import assert_matches_ort, make_model, mlp_model, ort_run
+from accelc.tests.util import assert_matches_ort, make_model, mlp_model, ort_run
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 

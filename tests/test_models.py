@@ -17,7 +17,7 @@ from accelc import models
 from accelc.compiler.modelinfo import inspect_onnx
 from accelc.models import minilm
 
-from .conftest import assert_matches_ort, ort_run
+from accelc.tests.util import assert_matches_ort, ort_run
 
 SYNTHETIC = models.names(include_real=False)
 

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
-from accelc.schedules.cpu import Conv2dNHWC, CpuShape, Matmul, cpu_shape, default_rules
+from accelc.schedules.cpu import (
+    Conv2dNHWC, CpuShape, Matmul, RowReduction, WindowReduction, cpu_shape, default_rules,
+)
 from accelc.schedules.cpu.matmul import micro_kernel
 from accelc.targets import cpu
 
@@ -158,3 +160,36 @@ def test_every_primfunc_gets_scheduled(cpu_target):
     for gv, f in scheduled.functions_items():
         if isinstance(f, tvm.tirx.PrimFunc):
             assert f.attrs and "tirx.is_scheduled" in f.attrs, gv.name_hint
+
+
+def _softmax_ref(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("name,shape,fn,ref,rule", [
+    ("softmax", (2, 3, 40, 64), lambda bb, x: bb.emit(relax.op.nn.softmax(x, axis=-1)), _softmax_ref, RowReduction),
+    ("softmax_ragged", (3, 197), lambda bb, x: bb.emit(relax.op.nn.softmax(x, axis=-1)), _softmax_ref, RowReduction),
+    ("layernorm", (1, 50, 384),
+     lambda bb, x: bb.emit(relax.op.nn.layer_norm(x, relax.const(np.full(384, 1.5, "float32")),
+                                                  relax.const(np.full(384, 0.25, "float32")), [-1], 1e-5)),
+     lambda x: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * 1.5 + 0.25, RowReduction),
+    ("row_sum_keepdims", (37, 64), lambda bb, x: bb.emit(relax.op.sum(x, axis=[-1], keepdims=True)),
+     lambda x: x.sum(-1, keepdims=True), RowReduction),  # one value per row: the row loop stays parallel
+    ("maxpool_nhwc", (1, 28, 28, 32), lambda bb, x: bb.emit(relax.op.nn.max_pool2d(x, 3, 2, 1, layout="NHWC")),
+     lambda x: np.max([np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+                       [:, i:i + 28:2, j:j + 28:2] for i in range(3) for j in range(3)], axis=0), WindowReduction),
+    ("mean_hw_nhwc", (1, 7, 7, 64), lambda bb, x: bb.emit(relax.op.mean(x, axis=[1, 2], keepdims=True)),
+     lambda x: x.mean(axis=(1, 2), keepdims=True), WindowReduction),
+])
+def test_reduction_rules_match_numpy(cpu_target, name, shape, fn, ref, rule):
+    x_np = np.random.default_rng(len(name)).standard_normal(shape).astype("float32")
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    fused, vm = _build(fn, [x], cpu_target)
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x_np)).numpy(), ref(x_np.astype(np.float64)),
+                               rtol=1e-4, atol=1e-5)
+    funcs = [f for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    tir = next(s for s in (rule().apply(f, cpu_target, False) for f in funcs) if s is not None).mod["main"].script()
+    assert "T.parallel" in tir
+    if shape[-1] % 8 == 0:  # ragged rows stay scalar
+        assert "T.vectorized" in tir

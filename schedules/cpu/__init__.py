@@ -1,7 +1,8 @@
 """Default (untuned) CPU schedule rules, dlight style: one rule per file, tried in order."""
 
-import tvm
-from tvm import s_tir
+import os
+import sys
+
 from tvm.s_tir import dlight as dl
 
 from .base import CpuShape, cpu_shape
@@ -9,6 +10,7 @@ from .conv import Conv2dNHWC
 from .fallback import Fallback
 from .injective import Injective
 from .matmul import Matmul
+from .reduction import RowReduction, WindowReduction
 
 
 class Guarded(dl.ScheduleRule):
@@ -24,7 +26,11 @@ class Guarded(dl.ScheduleRule):
     def apply(self, func, target, tunable):  # noqa: D102
         try:
             return self.rule.apply(func, target, tunable)
-        except (s_tir.ScheduleError, tvm.TVMError, ValueError, AssertionError):
+        except Exception as err:  # noqa: BLE001 - TVM raises RuntimeError/ValueError/TypeError…
+            if os.environ.get("ACCELC_DEBUG"):
+                name = func.attrs.get("global_symbol", "?") if func.attrs else "?"
+                print(f"accelc: {type(self.rule).__name__} declined {name}: "
+                      f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
             return None
 
     def __repr__(self) -> str:
@@ -33,9 +39,11 @@ class Guarded(dl.ScheduleRule):
 
 def default_rules() -> list[dl.ScheduleRule]:
     """The rules ``targets.cpu`` applies to every PrimFunc no tuning record covers."""
-    return [Guarded(r) for r in (Conv2dNHWC(), Matmul(), dl.cpu.Reduction(), Injective(), Fallback())]
+    rules = (Conv2dNHWC(), Matmul(), RowReduction(), WindowReduction(), dl.cpu.Reduction(), Injective(), Fallback())
+    return [Guarded(r) for r in rules]
 
 
 __all__ = [
-    "Conv2dNHWC", "CpuShape", "Fallback", "Guarded", "Injective", "Matmul", "cpu_shape", "default_rules",
+    "Conv2dNHWC", "CpuShape", "Fallback", "Guarded", "Injective", "Matmul", "RowReduction",
+    "WindowReduction", "cpu_shape", "default_rules",
 ]

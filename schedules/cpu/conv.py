@@ -60,7 +60,7 @@ class Conv2dNHWC(CPURule):
         layout_free = {int(i) for i in (func.attrs or {}).get("layout_free_buffers", [])}
         try:
             self._schedule(sch, conv, mr, nj, lanes, nr, layout_free, func, shape)
-        except (s_tir.ScheduleError, tvm.TVMError, ValueError):
+        except (s_tir.ScheduleError, RuntimeError, ValueError):  # TVM errors are RuntimeErrors
             return None
         return sch
 

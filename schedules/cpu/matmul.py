@@ -129,7 +129,7 @@ class Matmul(CPURule):
         layout_free = {int(i) for i in (func.attrs or {}).get("layout_free_buffers", [])}
         try:
             _schedule(sch, main, cpu_shape(target), layout_free, func)
-        except (ValueError, s_tir.ScheduleError, tvm.TVMError):
+        except (ValueError, s_tir.ScheduleError, RuntimeError):  # TVM errors are RuntimeErrors
             return None  # a shape this rule cannot take: the next rule tries
         return sch
 
