@@ -103,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("passes", help="list the graph passes and their options")
 
+    rp = sub.add_parser("report", help="fidelity of graph passes: accuracy, ops, weight bytes, energy",
+                        description="Compile MODEL (an ONNX file or a zoo model name) with and without the "
+                                    "passes, run both on the same inputs and print per-layer and end-to-end "
+                                    "fidelity (cosine, relative L2, top-1 agreement), op counts "
+                                    "(mult/shift/add/LUT), packed weight bytes and 45 nm energy; writes JSON.",
+                        epilog="example: accelc report minilm-l6 --passes shift-add:terms=2,keep_first=0")
+    rp.add_argument("model", help="ONNX file or zoo model name (`accelc models list`)")
+    _add_shape_args(rp)
+    rp.add_argument("--passes", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                    help="graph pass(es) to evaluate (repeatable); `accelc passes` lists their knobs")
+    rp.add_argument("--inputs", metavar="NPZ", help="inputs to compare on (default: the zoo's example inputs "
+                                                     "or seeded random ones)")
+    rp.add_argument("-o", "--output", metavar="JSON", help="report path (default: MODEL.report.json here)")
+    rp.add_argument("--repeat", type=int, default=5, help="timing runs per variant (0: skip timing)")
+
     d = sub.add_parser("demo", help="compile, run and check a bundled example against onnxruntime",
                        description="The quick start: build a zoo model, compile it for the CPU, export and "
                                    "reload the artifact, check its outputs against onnxruntime and time both.")
@@ -295,6 +310,30 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .. import models
+    from ..fileio import atomic_write
+    from .report import fidelity_report, format_report
+
+    if not args.passes:
+        raise UsageError("report needs at least one --passes NAME[:KEY=VALUE,...]")
+    model, feeds = args.model, _load_feeds(args.inputs) if args.inputs else None
+    if not Path(model).exists() and model in models.names():
+        feeds = feeds if feeds is not None else models.example_inputs(model)
+        model = models.build(model)
+        stem = args.model
+    else:
+        stem = Path(args.model).stem
+    out = Path(args.output or f"{stem}.report.json")
+    if not out.parent.exists():
+        raise UsageError(f"output directory {out.parent} does not exist")
+    report = fidelity_report(model, args.passes, _shapes(args.input_shape), feeds, timing_repeat=args.repeat)
+    print(format_report(report))
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_passes(args) -> int:
     import dataclasses
 
@@ -348,7 +387,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "bench": cmd_bench, "inspect": cmd_inspect,
-            "models": cmd_models, "passes": cmd_passes, "demo": cmd_demo}
+            "models": cmd_models, "passes": cmd_passes, "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

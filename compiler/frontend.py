@@ -380,6 +380,30 @@ def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
     return bounds
 
 
+def weight_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Constant weights of MatMul/Gemm/Conv nodes, by content fingerprint → the node's name.
+
+    Relax constants carry no names; graph passes look a constant's fingerprint up here so
+    layer allow/deny patterns can name ONNX nodes (``*/attention/*``). Transposed copies are
+    listed too (Gemm's ``transB`` weights reach Relax transposed).
+    """
+    from ..passes.naming import fingerprint
+
+    inits = {t.name: t for t in model.graph.initializer}
+    names: dict[str, str] = {}
+    for index, node in enumerate(model.graph.node):
+        if node.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+            continue
+        label = node.name or f"{node.op_type}_{index}"
+        for arg in node.input[1:2]:
+            if arg in inits:
+                arr = onnx.numpy_helper.to_array(inits[arg])
+                names.setdefault(fingerprint(arr), label)
+                if arr.ndim == 2:
+                    names.setdefault(fingerprint(arr.T), label)
+    return names
+
+
 def _specs(values, label: str) -> list[TensorSpec]:
     out = []
     for vi in values:
@@ -407,6 +431,7 @@ def import_onnx(source, input_shapes=None, fold: str = "auto") -> ImportedModel:
 
     mod = import_graph(prepared, {s.name: list(s.shape) for s in inputs},
                        {s.name: s.dtype for s in inputs}, label)
+    mod = mod.with_attr("accelc.weight_names", weight_names(prepared))
     name = Path(label).stem if label not in ("<bytes>",) else (model.graph.name or "model")
     return ImportedModel(mod, inputs, outputs, name, prepared, index_bounds(prepared), digest)
 

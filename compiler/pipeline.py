@@ -21,8 +21,15 @@ def apply_passes(imported: ImportedModel, passes: Sequence) -> tuple[object, lis
     names = [p if isinstance(p, str) else getattr(p.info, "name", str(p)) for p in passes]
     if not objs:
         return imported.mod, names
-    with tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(objs)(imported.mod), names
+    registry.take_error()
+    try:
+        with tvm.transform.PassContext(opt_level=3):
+            return tvm.transform.Sequential(objs)(imported.mod), names
+    except Exception:
+        err = registry.take_error()
+        if err is not None:
+            raise err from None
+        raise
 
 
 def build(imported: ImportedModel, target: str = "cpu", passes: Sequence = (), database=None,

@@ -37,6 +37,35 @@ def register(name: str, options: type | None = None):
     return wrap
 
 
+_LAST_ERROR: list = []
+
+
+def module_pass(name: str):
+    """``tvm.transform.module_pass`` whose accelc errors survive the FFI boundary.
+
+    TVM turns a Python exception raised inside a pass into a RuntimeError carrying the text
+    only; the driver calls ``take_error()`` to re-raise the original (a ``PassError``).
+    """
+    import tvm
+
+    def wrap(body):
+        def run(mod, ctx):
+            try:
+                return body(mod, ctx)
+            except PassError as err:
+                _LAST_ERROR[:] = [err]
+                raise
+
+        return tvm.transform.module_pass(run, opt_level=0, name=name)
+
+    return wrap
+
+
+def take_error() -> PassError | None:
+    """The PassError the last failing accelc pass raised (once), if any."""
+    return _LAST_ERROR.pop() if _LAST_ERROR else None
+
+
 def list_passes() -> list[PassInfo]:
     _load_builtin()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
@@ -75,12 +104,8 @@ def _coerce(pass_name: str, field: dataclasses.Field, raw: Any):
     return raw
 
 
-def make(spec, **overrides):
-    """A Pass from a spec string (``name:k=v,...``), a registered name, or a Pass (returned as is)."""
-    import tvm
-
-    if isinstance(spec, tvm.transform.Pass):
-        return spec
+def make_options(spec, **overrides):
+    """The typed options a spec (``name:k=v,...``) asks of its pass (None if it takes none)."""
     _load_builtin()
     name, opts = parse_spec(spec) if isinstance(spec, str) else (spec, {})
     opts.update(overrides)
@@ -91,7 +116,7 @@ def make(spec, **overrides):
     if info.options is None:
         if opts:
             raise PassError(f"pass '{name}' takes no options, got {', '.join(opts)}")
-        return info.factory()
+        return None
     fields = {f.name: f for f in dataclasses.fields(info.options)}
     unknown = sorted(set(opts) - set(fields))
     if unknown:
@@ -99,10 +124,21 @@ def make(spec, **overrides):
                         f"known: {', '.join(fields)}")
     values = {k: _coerce(name, fields[k], v) for k, v in opts.items()}
     try:
-        options = info.options(**values)
+        return info.options(**values)
     except (TypeError, ValueError) as err:
         raise PassError(f"pass '{name}': {err}") from None
-    return info.factory(options)
+
+
+def make(spec, **overrides):
+    """A Pass from a spec string (``name:k=v,...``), a registered name, or a Pass (returned as is)."""
+    import tvm
+
+    if isinstance(spec, tvm.transform.Pass):
+        return spec
+    options = make_options(spec, **overrides)
+    name = parse_spec(spec)[0] if isinstance(spec, str) else spec
+    info = _REGISTRY[name]
+    return info.factory() if info.options is None else info.factory(options)
 
 
 def _load_builtin() -> None:
@@ -113,4 +149,4 @@ def _load_builtin() -> None:
         import_module(f"{__name__}.{module}")
 
 
-_BUILTIN: tuple[str, ...] = ()
+_BUILTIN: tuple[str, ...] = ("shift_add",)

@@ -11,6 +11,7 @@ from .fallback import Fallback
 from .injective import Injective
 from .matmul import Matmul
 from .reduction import RowReduction, WindowReduction
+from .shift_add import ShiftAddKernels
 
 
 class Guarded(dl.ScheduleRule):
@@ -39,11 +40,11 @@ class Guarded(dl.ScheduleRule):
 
 def default_rules() -> list[dl.ScheduleRule]:
     """The rules ``targets.cpu`` applies to every PrimFunc no tuning record covers."""
-    rules = (Conv2dNHWC(), Matmul(), RowReduction(), WindowReduction(), dl.cpu.Reduction(), Injective(), Fallback())
+    rules = (ShiftAddKernels(), Conv2dNHWC(), Matmul(), RowReduction(), WindowReduction(), dl.cpu.Reduction(), Injective(), Fallback())
     return [Guarded(r) for r in rules]
 
 
 __all__ = [
-    "Conv2dNHWC", "CpuShape", "Fallback", "Guarded", "Injective", "Matmul", "RowReduction",
+    "Conv2dNHWC", "CpuShape", "Fallback", "Guarded", "Injective", "Matmul", "RowReduction", "ShiftAddKernels",
     "WindowReduction", "cpu_shape", "default_rules",
 ]

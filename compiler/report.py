@@ -1,0 +1,158 @@
+"""Fidelity report: what a graph pass costs in accuracy and buys in ops, bytes and energy.
+
+``fidelity_report(model, passes)`` compiles the model with and without the passes, runs both
+on the same inputs and compares every output (cosine, relative L2, top-1 agreement for
+logits), then adds the passes' own per-layer records (``accelc.rewrites`` on the module:
+weight error, output cosine on N(0,1) probe inputs, op counts, packed bytes) and an energy
+estimate from the 45 nm table (Horowitz ISSCC'14; ShiftAddNet/ShiftAddLLM's unit costs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Mapping, Sequence
+
+import numpy as np
+
+#: pJ per operation, 45 nm (reference/seed-algorithms.md §7): compute only.
+ENERGY_PJ = {
+    "fp32": {"mult": 3.7, "add": 0.9, "shift": 0.13, "lut": 0.37},
+    "int32": {"mult": 3.1, "add": 0.1, "shift": 0.13, "lut": 0.37},
+}
+#: pJ per weight byte read from DRAM (200 pJ per 16-bit access, Eyeriss-style model).
+DRAM_PJ_PER_BYTE = 100.0
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    den = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / den) if den > 0 else float(np.array_equal(a, b))
+
+
+def compare_outputs(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> list[dict]:
+    """Per output: cosine (whole tensor, and the worst leading-axis row), relative L2, and
+    top-1 agreement over the last axis when the output looks like logits."""
+    rows = []
+    for name, want in ref.items():
+        have = np.asarray(got[name])
+        want = np.asarray(want)
+        entry = {"output": name, "shape": list(want.shape)}
+        if want.dtype.kind != "f":
+            entry["exact"] = bool(np.array_equal(want, have))
+            rows.append(entry)
+            continue
+        entry["cosine"] = _cos(want, have)
+        entry["min_row_cosine"] = min(_cos(w, h) for w, h in zip(want.reshape(want.shape[0], -1),
+                                                                    have.reshape(have.shape[0], -1))) \
+            if want.ndim >= 1 and want.shape[0] > 0 else entry["cosine"]
+        entry["rel_l2"] = float(np.linalg.norm(have.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30))
+        if want.ndim >= 2 and want.shape[-1] > 1:
+            entry["top1_agreement"] = float(np.mean(want.argmax(-1) == have.argmax(-1)))
+        rows.append(entry)
+    return rows
+
+
+def energy_pj(ops: Mapping[str, float]) -> float:
+    table = ENERGY_PJ[ops.get("datapath", "fp32")]
+    return float(sum(ops.get(k, 0) * table[k] for k in ("mult", "add", "shift", "lut")))
+
+
+def dense_ops(rows: int, k: int, n: int) -> dict:
+    return {"mult": rows * k * n, "add": rows * k * n, "shift": 0, "lut": 0, "datapath": "fp32"}
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Totals over the rewritten layers: ops, weight bytes and energy, before → after."""
+    before = {"mult": 0, "add": 0, "shift": 0, "lut": 0}
+    after = dict(before)
+    e_before = e_after = 0.0
+    b_before = b_after = 0
+    for rec in records:
+        for layer in rec.get("layers", []):
+            dense = dense_ops(layer["rows"], layer["k"], layer["n"])
+            for key in before:
+                before[key] += dense[key]
+                after[key] += layer["ops"].get(key, 0)
+            e_before += energy_pj(dense) + layer["bytes_before"] * DRAM_PJ_PER_BYTE
+            e_after += energy_pj(layer["ops"]) + layer["bytes_after"] * DRAM_PJ_PER_BYTE
+            b_before += layer["bytes_before"]
+            b_after += layer["bytes_after"]
+    return {"ops_before": before, "ops_after": after, "weight_bytes_before": b_before,
+            "weight_bytes_after": b_after, "energy_uj_before": e_before * 1e-6, "energy_uj_after": e_after * 1e-6}
+
+
+def fidelity_report(model, passes: Sequence, input_shapes=None, feeds: Mapping | None = None,
+                    target: str = "cpu", timing_repeat: int = 5) -> dict:
+    """Compile ``model`` with and without ``passes``, run both on ``feeds`` (default: the zoo's
+    example inputs or seeded random ones) and report fidelity, ops, bytes and energy."""
+    from . import pipeline
+    from .frontend import import_model
+    from .runtime import CompiledModel
+
+    imported = import_model(model, input_shapes)
+    mod, names = pipeline.apply_passes(imported, passes)
+    records = json.loads(str(mod.attrs["accelc.rewrites"])) if mod.attrs and "accelc.rewrites" in mod.attrs else []
+    base_ex, base_meta = pipeline.build(imported, target)
+    new_ex, new_meta = pipeline.build(dataclasses.replace(imported, mod=mod), target)
+    new_meta.passes = list(names)
+    base, new = CompiledModel(base_ex, base_meta, executable=base_ex), CompiledModel(new_ex, new_meta, executable=new_ex)
+    if feeds is None:
+        feeds = base.example_feeds(0)
+    ref, got = base.run(feeds), new.run(feeds)
+    report = {
+        "model": imported.name,
+        "passes": list(names),
+        "target": target,
+        "outputs": compare_outputs(ref, got),
+        "rewrites": records,
+        "totals": summarize(records),
+    }
+    if timing_repeat:
+        report["latency_ms"] = {"original": base.benchmark(feeds, repeat=timing_repeat).median_ms,
+                                "rewritten": new.benchmark(feeds, repeat=timing_repeat).median_ms}
+    return report
+
+
+def _fmt_count(v: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def format_report(report: dict) -> str:
+    out = [f"{report['model']}: {' + '.join(report['passes']) or 'no passes'} on {report['target']}"]
+    for rec in report["rewrites"]:
+        out.append(f"\n{rec['pass']} ({rec.get('describe', '')}): {len(rec['layers'])} layers rewritten, "
+                   f"{len(rec.get('dense', []))} left dense"
+                   + (f" ({', '.join(sorted({d['why'] for d in rec['dense']}))})" if rec.get("dense") else ""))
+        out.append(f"  {'layer':<44}{'K×N':>11}{'kernel':>16}{'w relL2':>9}{'probe cos':>10}{'bytes':>17}")
+        for layer in rec["layers"]:
+            name = layer["name"] if len(layer["name"]) <= 43 else "…" + layer["name"][-42:]
+            out.append(f"  {name:<44}{layer['k']:>5}×{layer['n']:<5}{layer['kernel']:>16}"
+                       f"{layer['weight_rel_l2']:>9.4f}{layer['probe_cos']:>10.5f}"
+                       f"{_fmt_count(layer['bytes_before']):>9}→{_fmt_count(layer['bytes_after']):<8}")
+    out.append("\nend to end (rewritten vs original, same inputs)")
+    out.append(f"  {'output':<28}{'cosine':>10}{'min row':>10}{'rel L2':>10}{'top-1':>8}")
+    for o in report["outputs"]:
+        if "cosine" not in o:
+            out.append(f"  {o['output']:<28}{'exact' if o['exact'] else 'differs':>10}")
+            continue
+        top1 = f"{o['top1_agreement'] * 100:.1f}%" if "top1_agreement" in o else "-"
+        out.append(f"  {o['output']:<28}{o['cosine']:>10.5f}{o['min_row_cosine']:>10.5f}{o['rel_l2']:>10.4f}{top1:>8}")
+    t = report["totals"]
+    if t["weight_bytes_before"]:
+        ob, oa = t["ops_before"], t["ops_after"]
+        out.append("\nrewritten layers, per inference      before        after")
+        for key in ("mult", "add", "shift", "lut"):
+            out.append(f"  {key + ' ops':<32}{_fmt_count(ob[key]):>10}{_fmt_count(oa[key]):>13}")
+        out.append(f"  {'weight bytes':<32}{_fmt_count(t['weight_bytes_before']):>10}{_fmt_count(t['weight_bytes_after']):>13}"
+                   f"   ({t['weight_bytes_before'] / max(t['weight_bytes_after'], 1):.1f}x smaller)")
+        out.append(f"  {'energy, 45 nm (µJ)':<32}{t['energy_uj_before']:>10.2f}{t['energy_uj_after']:>13.2f}"
+                   f"   (compute + weight DRAM reads)")
+    if "latency_ms" in report:
+        lat = report["latency_ms"]
+        out.append(f"\nlatency on {report['target']}: {lat['original']:.3f} ms → {lat['rewritten']:.3f} ms "
+                   f"({lat['rewritten'] / lat['original']:.2f}x)")
+    return "\n".join(out)

@@ -1,0 +1,349 @@
+"""``accelc.shift-add``: constant-weight matmuls → shifts and adds (post-training).
+
+Pattern: ``R.matmul(x, W)`` with ``W`` a float32 2-D constant (``[K, N]``; also
+``permute_dims`` of one, as Gemm with ``transB`` imports), ``x`` float32 ``[..., K]``.
+
+Rewrite: ``reshape → call_tir(kernel, x, packed weights) → reshape``, one of
+- ``mode=pot`` (DeepShift / ShiftAddViT's shift expert): ``W ≈ scale[n] · Σ_t sign·2^-e``
+  with ``terms`` APoT terms, packed as one int8 per term; ``path=int`` quantizes activations
+  to fixed point ``Q(int_bits).(frac_bits)`` and accumulates ``±(x >> e)`` in int32;
+  ``path=float`` adds ``-e`` to the float exponent instead;
+- ``mode=bcq`` (ShiftAddLLM): ``W ≈ Σ_i α_i·B_i`` with ``bits`` ±1 bit-planes (1 bit per weight
+  each) and APoT-rounded scales per group of ``group_size`` inputs, run as the LUT-8 kernel;
+  given per-layer Hessians (``hessians={layer name: XᵀX}`` from Python) the GPTQ-style
+  error feedback minimizes the layer's output error instead.
+
+Knobs: the options dataclass below. Layers: ``layers`` (allow) / ``exclude`` (deny) fnmatch
+patterns over ONNX node names (``*/intermediate/*``); the first and last matched layers stay
+dense unless ``keep_first``/``keep_last`` are off.
+
+Validate: ``accelc report MODEL --passes shift-add`` (per-layer and end-to-end cosine, op
+counts, weight bytes, energy); kernels are held bit-exact to ``shift_add_math`` in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import PassError
+from . import register
+from . import shift_add_math as sam
+from .naming import fingerprint, matches, module_weight_names
+
+MODES = ("pot", "bcq")
+PATHS = ("int", "float")
+SCALES = ("none", "pot", "float")
+
+
+@dataclass(frozen=True)
+class ShiftAddOptions:
+    mode: str = "pot"  # pot (power-of-two terms) | bcq (binary-coded planes, ShiftAddLLM)
+    terms: int = 2  # pot: APoT terms per weight, 1-3 (each: one shift + one add)
+    weight_bits: int = 5  # pot: bits per term (sign + exponent): 5 → shifts 0..14
+    scale: str = "pot"  # pot: per-output-channel scale: none | pot (a shift) | float
+    path: str = "int"  # pot: int (fixed-point activations) | float (exponent add)
+    frac_bits: int = 16  # pot int path: activation fraction bits
+    int_bits: int = 16  # pot int path: activation integer bits (incl. sign); sum ≤ 32
+    bits: int = 3  # bcq: bit-planes per weight, 2-4
+    group_size: int = 128  # bcq: inputs sharing one alpha vector (multiple of 8; -1 = all K)
+    apot_terms: int = 3  # bcq: power-of-two terms per alpha
+    rounds: int = 50  # bcq: alternating refinement rounds
+    layers: tuple = ()  # allow patterns (fnmatch over ONNX node names); empty = every layer
+    exclude: tuple = ()  # deny patterns
+    keep_first: bool = True  # leave the first matched layer dense (patch embed, stem)
+    keep_last: bool = True  # leave the last matched layer dense (classifier, LM head)
+
+    def __post_init__(self):
+        checks = [
+            ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
+            ("terms", self.terms in (1, 2, 3), "1, 2 or 3"),
+            ("weight_bits", 2 <= self.weight_bits <= 6, "in [2, 6] (shifts up to 30 fit an int32 lane)"),
+            ("scale", self.scale in SCALES, f"one of {', '.join(SCALES)}"),
+            ("path", self.path in PATHS, f"one of {', '.join(PATHS)}"),
+            ("frac_bits", 0 <= self.frac_bits <= 30, "in [0, 30]"),
+            ("int_bits", 1 <= self.int_bits and self.int_bits + self.frac_bits <= 32,
+             "≥ 1 with int_bits + frac_bits ≤ 32"),
+            ("bits", self.bits in (2, 3, 4), "2, 3 or 4"),
+            ("group_size", self.group_size in (0, -1) or (self.group_size > 0 and self.group_size % 8 == 0),
+             "a positive multiple of 8, or -1 for the whole input"),
+            ("apot_terms", self.apot_terms in (0, 1, 2, 3), "0 (float alpha), 1, 2 or 3"),
+            ("rounds", self.rounds >= 0, "≥ 0"),
+        ]
+        for knob, ok, want in checks:
+            if not ok:
+                raise ValueError(f"{knob} must be {want}, got {getattr(self, knob)!r}")
+        object.__setattr__(self, "layers", _patterns(self.layers))
+        object.__setattr__(self, "exclude", _patterns(self.exclude))
+
+    def describe(self) -> str:
+        if self.mode == "pot":
+            return f"pot{self.terms} {self.path}" + (f" Q{self.int_bits}.{self.frac_bits}" if self.path == "int" else "")
+        return f"bcq{self.bits} g{self.group_size} α-apot{self.apot_terms}"
+
+
+def _patterns(value) -> tuple:
+    if isinstance(value, str):
+        value = value.replace(";", "|").split("|")
+    return tuple(p for p in (str(v).strip() for v in value) if p)
+
+
+@dataclass
+class Candidate:
+    """One constant-weight matmul the pass may rewrite."""
+
+    index: int
+    name: str
+    weight: np.ndarray  # float32 [K, N]
+    rows: int  # M: product of x's leading dims
+    call: object  # the relax.Call
+    chosen: bool = False
+    why_dense: str = ""
+
+
+def find_candidates(func, names: dict[str, str]) -> list[Candidate]:
+    """Constant-weight float32 matmuls of ``func`` in program order."""
+    from tvm import relax
+
+    bindings = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            bindings[b.var] = b.value
+    found: list[Candidate] = []
+
+    def weight_of(expr):
+        if isinstance(expr, relax.Var) and expr in bindings:
+            expr = bindings[expr]
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.permute_dims":
+            inner = weight_of(expr.args[0])
+            axes = expr.attrs.axes
+            if inner is None or (axes is not None and [int(a) for a in axes] != [1, 0]):
+                return None
+            return inner.T
+        if _is_const(expr):
+            arr = expr.value.numpy()
+            return arr if arr.ndim == 2 and arr.dtype == np.float32 else None
+        return None
+
+    def visit(expr):
+        if not (isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.matmul"):
+            return
+        x, w = expr.args
+        dims = _static_shape(x)
+        if str(getattr(x.ty, "dtype", "")) != "float32" or dims is None:
+            return
+        weight = weight_of(w)
+        if weight is None or len(dims) < 2 or dims[-1] != weight.shape[0]:
+            return
+        index = len(found)
+        name = names.get(fingerprint(weight)) or names.get(fingerprint(weight.T)) or f"matmul_{index}"
+        found.append(Candidate(index, name, np.ascontiguousarray(weight), int(np.prod(dims[:-1])), expr))
+
+    relax.analysis.post_order_visit(func, visit)
+    return found
+
+
+def _is_const(expr) -> bool:
+    import tvm
+
+    return isinstance(expr, tvm.ir.GenericConst) and hasattr(expr.value, "numpy")
+
+
+def select(candidates: list[Candidate], opts: ShiftAddOptions) -> list[Candidate]:
+    """Mark the candidates to rewrite; raises when a layer pattern matches nothing."""
+    for pats, knob in ((opts.layers, "layers"), (opts.exclude, "exclude")):
+        for p in pats:
+            if not any(matches(c.name, [p]) for c in candidates):
+                raise PassError(f"shift-add: {knob} pattern '{p}' matches no layer "
+                                f"(layers: {_layer_list(candidates)})")
+    for c in candidates:
+        if opts.layers and not matches(c.name, opts.layers):
+            c.why_dense = "not in layers"
+        elif matches(c.name, opts.exclude):
+            c.why_dense = "excluded"
+        else:
+            c.chosen = True
+    if candidates and opts.keep_first and not opts.layers:
+        _keep_dense(candidates[0], "first layer")
+    if len(candidates) > 1 and opts.keep_last and not opts.layers:
+        _keep_dense(candidates[-1], "last layer")
+    return [c for c in candidates if c.chosen]
+
+
+def _keep_dense(c: Candidate, why: str) -> None:
+    if c.chosen:
+        c.chosen, c.why_dense = False, why
+
+
+def _layer_list(candidates) -> str:
+    names = [c.name for c in candidates]
+    return ", ".join(names[:6]) + (f", … ({len(names)} in all)" if len(names) > 6 else "") if names else "none"
+
+
+# -- weights → kernel arguments --------------------------------------------------------------
+def pack_pot_codes(codes: np.ndarray, tile_n: int) -> np.ndarray:
+    """int8 ``[T, K, N]`` → ``[T, ceil(N/tile_n), K, tile_n]`` (zero-padded channels)."""
+    t, k, n = codes.shape
+    tiles = -(-n // tile_n)
+    padded = np.zeros((t, k, tiles * tile_n), np.int8)
+    padded[:, :, :n] = codes
+    return np.ascontiguousarray(padded.reshape(t, k, tiles, tile_n).transpose(0, 2, 1, 3))
+
+
+@dataclass
+class LayerRewrite:
+    """What the pass did to one layer (the report reads these)."""
+
+    name: str
+    k: int
+    n: int
+    rows: int
+    kernel: str
+    bytes_before: int
+    bytes_after: int
+    weight_rel_l2: float
+    probe_cos: float  # output cosine on N(0,1) probe inputs (64 rows)
+    ops: dict  # per inference: mult / add / shift / lut
+
+
+def _probe_cos(w: np.ndarray, wq: np.ndarray) -> float:
+    x = np.random.default_rng(0).standard_normal((64, w.shape[0]))
+    a, b = x @ w.astype(np.float64), x @ wq.astype(np.float64)
+    return float((a * b).sum() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def _op_counts(opts: ShiftAddOptions, m: int, k: int, n: int, groups: int) -> dict:
+    if opts.mode == "pot":
+        macs = m * k * n * opts.terms
+        return {"mult": m * n + (m * k if opts.path == "int" else 0), "shift": macs, "add": macs, "lut": 0,
+                "datapath": "int32" if opts.path == "int" else "fp32"}
+    k8 = -(-k // 8)
+    lookups = m * n * k8 * opts.bits
+    scale_terms = max(opts.apot_terms, 1)
+    return {"mult": 0 if opts.apot_terms else m * n * groups * opts.bits,
+            "shift": m * n * groups * opts.bits * (scale_terms if opts.apot_terms else 0),
+            "add": lookups + m * k8 * 256 + m * n * groups * opts.bits * scale_terms,
+            "lut": lookups, "datapath": "fp32"}
+
+
+def rewrite_weights(c: Candidate, opts: ShiftAddOptions, hessian=None):
+    """Quantize one layer: returns (kernel PrimFunc, kernel constant args, LayerRewrite)."""
+    from ..schedules import shift_add as kernels
+
+    w = c.weight
+    k, n = w.shape
+    if opts.mode == "pot":
+        pw = sam.pot_decompose(w, terms=opts.terms, weight_bits=opts.weight_bits, scale=opts.scale)
+        deq = pw.dequantize()
+        codes = pack_pot_codes(pw.codes, kernels.TILE_N)
+        if opts.path == "int":
+            func = kernels.pot_matmul_int(c.rows, k, n, opts.terms, opts.frac_bits, opts.int_bits)
+            scale = (pw.scale.astype(np.float64) * 2.0 ** -opts.frac_bits).astype(np.float32)
+        else:
+            func = kernels.pot_matmul_float(c.rows, k, n, opts.terms, max_shift=pw.e_max)
+            scale = pw.scale.astype(np.float32)
+        args = [codes, scale]
+        after, groups = sam.pot_weight_bytes(pw), 1
+    else:
+        gs = opts.group_size if opts.group_size > 0 else -(-k // 8) * 8
+        bq = sam.bcq_quantize(w, bits=opts.bits, group_size=gs, apot_terms=opts.apot_terms,
+                              rounds=opts.rounds, hessian=hessian)
+        deq = bq.dequantize()
+        func = kernels.bcq_matmul_lut(c.rows, k, n, opts.bits, bq.group_size)
+        args = [bq.planes, bq.alpha.astype(np.float32)]
+        after, groups = sam.bcq_weight_bytes(bq), bq.alpha.shape[1]
+    err = float(np.linalg.norm(deq - w) / max(np.linalg.norm(w), 1e-30))
+    info = LayerRewrite(c.name, k, n, c.rows, func.attrs["accelc.kernel"], w.nbytes, int(after), err,
+                        _probe_cos(w, deq), _op_counts(opts, c.rows, k, n, groups))
+    return func, args, info
+
+
+# -- the pass --------------------------------------------------------------------------------
+@register("shift-add", ShiftAddOptions)
+def shift_add(options: ShiftAddOptions | None = None, hessians: dict | None = None):
+    """Multiplications → shifts and adds: PoT/APoT or BCQ reparameterized matmul weights."""
+    from . import module_pass
+
+    opts = options or ShiftAddOptions()
+
+    @module_pass("accelc.shift-add")
+    def transform(mod, _ctx):
+        return run(mod, opts, hessians=hessians)
+
+    return transform
+
+
+def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
+    """The pass body on an IRModule (see the module docstring)."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise PassError("shift-add: the module has no 'main' function")
+    names = module_weight_names(mod)
+    main_gv = mod.get_global_var("main")
+    candidates = find_candidates(mod[main_gv], names)
+    chosen = select(candidates, opts)
+    if not chosen:
+        print(f"accelc: shift-add: nothing to rewrite ({len(candidates)} constant-weight matmuls, "
+              f"none selected); the model compiles unchanged", file=sys.stderr)
+        return mod
+    by_call = {c.call: c for c in chosen}
+    infos: list[LayerRewrite] = []
+
+    @mutator
+    class Rewriter(PyExprMutator):
+        def visit_call_(self, call):  # noqa: D102
+            cand = by_call.get(call)
+            call = self.visit_expr_post_order(call)
+            if cand is None:
+                return call
+            func, consts, info = rewrite_weights(cand, opts, (hessians or {}).get(cand.name))
+            infos.append(info)
+            gv = self.builder_.add_func(func.without_attr("global_symbol"), info.kernel)
+            x = call.args[0]
+            shape = _static_shape(x)
+            k, n = cand.weight.shape
+            x2 = self.builder_.emit(relax.op.reshape(x, (cand.rows, k)))
+            y2 = self.builder_.emit(relax.call_tir(gv, [x2] + [relax.const(a) for a in consts],
+                                                   _tensor_type((cand.rows, n), "float32")))
+            return relax.op.reshape(y2, shape[:-1] + [n])
+
+    rw = Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rw.builder_.update_func(gv, rw.visit_expr(func))
+    new = relax.transform.DeadCodeElimination()(rw.builder_.get())
+    record = {"pass": "shift-add", "options": {k: (list(v) if isinstance(v, tuple) else v)
+                                               for k, v in asdict(opts).items()},
+              "describe": opts.describe(),
+              "dense": [{"name": c.name, "k": int(c.weight.shape[0]), "n": int(c.weight.shape[1]),
+                         "rows": c.rows, "why": c.why_dense} for c in candidates if not c.chosen],
+              "layers": [asdict(i) for i in infos]}
+    return new.with_attr("accelc.rewrites", json.dumps(_previous(mod) + [record]))
+
+
+def _previous(mod) -> list:
+    attrs = getattr(mod, "attrs", None)
+    if attrs is None or "accelc.rewrites" not in attrs:
+        return []
+    return json.loads(str(attrs["accelc.rewrites"]))
+
+
+def _static_shape(expr) -> list[int] | None:
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None:
+        return None
+    try:
+        return [int(d) for d in (shape.values if hasattr(shape, "values") else shape)]
+    except (TypeError, AttributeError):
+        return None
+
+
+def _tensor_type(shape, dtype):
+    from tvm import relax
+
+    return relax.TensorType(shape, dtype)

@@ -1,0 +1,108 @@
+"""CPU schedules for the shift-add kernels (``accelc.schedules.shift_add``).
+
+PoT kernels: one packed weight tile (``tile_n`` outputs) per parallel task, ``rows`` output
+rows sharing each weight load, the tile's int32/float32 accumulators vectorized across the
+outputs and kept live over the reduction (terms × K) — per weight: a widening load, a per-lane
+shift (or exponent subtract), a conditional negate and an add.
+
+BCQ LUT kernel: the tables are built once per row (parallel over table groups), then every
+output channel chunk accumulates one table lookup per bit-plane byte.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.s_tir.dlight.analysis import get_root_block
+
+from ..shift_add import kernel_name, kernel_param
+from .base import CPURule, cpu_shape, vectorize_inner
+
+
+def _rows_per_task(m: int) -> int:
+    for rows in (4, 2):
+        if m % rows == 0 and m >= 2 * rows:
+            return rows
+    return 1
+
+
+class ShiftAddKernels(CPURule):
+    """Schedules PrimFuncs tagged ``accelc.kernel`` by the shift-add pass."""
+
+    def apply(self, func, target, _tunable):  # noqa: D102
+        name = kernel_name(func)
+        if not self.is_target_available(target) or name is None:
+            return None
+        shape = cpu_shape(target)
+        sch = s_tir.Schedule(func)
+        if name in ("pot_matmul_int", "pot_matmul_float"):
+            self._pot(sch, func, shape)
+        elif name == "bcq_matmul_lut":
+            self._bcq(sch, func, shape)
+        else:
+            return None
+        return sch
+
+    def _pot(self, sch, func, shape) -> None:
+        m, tile_n = kernel_param(func, "m"), kernel_param(func, "tile_n")
+        lanes = shape.lanes("int32")
+        root = get_root_block(sch)
+        blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(root)}
+        acc = blocks["shift_acc"]
+        out = blocks.get("dequant")
+        prologue = blocks.get("quantize") or blocks.get("float_bits")
+        rows = _rows_per_task(m)
+        if out is not None:
+            i, j = sch.get_loops(out)
+            io, ii = sch.split(i, [None, rows])
+            jo, ji = sch.split(j, [None, tile_n])
+            sch.reorder(io, jo, ii, ji)
+            task = sch.fuse(io, jo)
+            sch.parallel(task)
+            sch.vectorize(ji)
+            sch.compute_at(acc, task, preserve_unit_loops=True)
+            ai, aj, at, ak = sch.get_loops(acc)[1:]
+        else:
+            i, j, at, ak = sch.get_loops(acc)
+            io, ai = sch.split(i, [None, rows])
+            jo, aj = sch.split(j, [None, tile_n])
+            sch.reorder(io, jo, ai, aj)
+            task = sch.fuse(io, jo)
+            sch.parallel(task)
+        sch.reorder(at, ak, ai, aj)
+        if rows > 1:
+            sch.unroll(ai)
+        aj_o, aj_i = sch.split(aj, [None, lanes])
+        sch.unroll(aj_o)
+        sch.vectorize(aj_i)
+        init = sch.decompose_reduction(acc, at)
+        sch.vectorize(sch.get_loops(init)[-1])
+        if prologue is not None:
+            loops = sch.get_loops(prologue)
+            sch.parallel(loops[0])
+            vectorize_inner(sch, prologue, lanes)
+
+    def _bcq(self, sch, func, shape) -> None:
+        lanes = shape.lanes("float32")
+        lut, part, out = (sch.get_sblock(n) for n in ("lut", "lut_acc", "bcq_scale"))
+        # Tables: (row, byte group) parallel; the 256 entries vectorized.
+        i, g, idx = sch.get_loops(lut)
+        sch.parallel(sch.fuse(i, g))
+        vectorize_inner(sch, lut, lanes)
+        # Outputs: (row, channel chunk) parallel. Inside a chunk, one alpha group at a time
+        # sweeps every channel, so the group's tables (gs/8 KiB) stay in L1 while they serve it.
+        i, j, b, q = sch.get_loops(out)
+        n = kernel_param(func, "n")
+        chunk = max(lanes, min(512, -(-n // (2 * shape.cores)) // lanes * lanes))
+        jo, ji = sch.split(j, [None, chunk])
+        jio, jii = sch.split(ji, [None, lanes])
+        sch.reorder(i, jo, q, b, jio, jii)
+        sch.parallel(sch.fuse(i, jo))
+        sch.compute_at(part, jio, preserve_unit_loops=True)
+        pj, pr = sch.get_loops(part)[-2:]
+        sch.reorder(pr, pj)
+        sch.vectorize(pj)
+        sch.vectorize(jii)
+        init = sch.decompose_reduction(out, q)
+        vectorize_inner(sch, init, lanes)
+        part_init = sch.decompose_reduction(part, pr)
+        vectorize_inner(sch, part_init, lanes)

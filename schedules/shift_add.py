@@ -1,0 +1,198 @@
+"""TIR kernels of the shift-add rewrite (DeepShift/ShiftAddViT power-of-two weights and
+ShiftAddLLM's binary-coded weights), as TE computes turned into PrimFuncs.
+
+Every kernel computes ``y[M, N] = x[M, K] @ W`` for one reparameterized constant ``W`` and
+carries the PrimFunc attribute ``accelc.kernel`` (its name here) plus its shape parameters, so
+a target's schedule rule can recognise it and a simulator can cost it. Weight layouts:
+
+- PoT codes: int8 ``[T, ceil(N/nb), K, nb]`` — term ``t`` of weight ``(k, n)`` at
+  ``[t, n // nb, k, n % nb]``; ``c = sign * (e + 1)`` means ``sign * 2**-e``, ``c = 0`` none.
+  Tiles of ``nb`` output channels make every thread's weight stream contiguous.
+- BCQ bit-planes: uint8 ``[bits, Kp // 8, N]`` (bit ``j`` of byte ``g`` is input ``8g + j``,
+  1 = +1, 0 = -1) and float32 scales ``alpha[bits, G, N]`` per group of ``gs`` inputs.
+
+The NumPy references live in ``accelc.passes.shift_add_math``; the tests hold the kernels to
+them (integer path bit-exact).
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+#: Output channels per packed weight tile: 4 AVX2 / 2 AVX-512 vectors of int32 accumulators.
+TILE_N = 32
+
+#: Float32 numbers whose exponent field is at most this are flushed to zero by the float path:
+#: subtracting a shift of up to 14 from the exponent must not underflow into the sign bit.
+FLUSH_EXPONENT = 14
+
+
+def _named(func: tirx.PrimFunc, kernel: str, **params) -> tirx.PrimFunc:
+    # Opaque to FuseOps: a fused PrimFunc would lose these attributes, and with them the
+    # schedule rule that recognises the kernel.
+    func = func.with_attr("accelc.kernel", kernel).with_attr("op_pattern", 8)
+    for key, value in params.items():
+        func = func.with_attr(f"accelc.{key}", value)
+    return func
+
+
+def _contrib_int(xq, code):
+    """``sign(c) * (xq >> (|c| - 1))``: a per-lane arithmetic shift and a branch-free
+    conditional negate (``(v ^ s) - s`` with ``s`` the sign mask); zero codes are masked."""
+    c = code.astype("int32")
+    s = tirx.shift_right(c, 31)
+    v = tirx.shift_right(xq, tirx.abs(c) - 1)
+    signed = tirx.bitwise_xor(v, s) - s
+    return tirx.Select(c != 0, signed, tirx.const(0, "int32"))
+
+
+def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits: int,
+                   tile_n: int = TILE_N, dequantize: bool = True) -> tirx.PrimFunc:
+    """``y = dequant(sum_t sum_k sign * (q(x) >> e))`` with ``q(x) = floor(x * 2**frac_bits)``
+    saturated to ``int_bits + frac_bits`` bits and an int32 accumulator.
+
+    Params: ``x`` float32 ``[m, k]``, ``codes`` int8 (PoT layout), ``out_scale`` float32 ``[n]``
+    (``scale * 2**-frac_bits``), output float32 ``[m, n]`` — or, with ``dequantize=False``,
+    ``x`` already quantized (int32) and the int32 accumulator as output (for bit-exact tests).
+    """
+    width = int_bits + frac_bits
+    if not 2 <= width <= 32:
+        raise ValueError(f"int_bits + frac_bits must be in [2, 32], got {width}")
+    tiles = -(-n // tile_n)
+    codes = te.placeholder((terms, tiles, k, tile_n), "int8", name="codes")
+    if dequantize:
+        x = te.placeholder((m, k), "float32", name="x")
+        lim = float(2 ** (width - 1))
+
+        def quant(i, j):
+            v = tirx.floor(x[i, j] * tirx.const(float(2 ** frac_bits), "float32"))
+            hi, lo = tirx.const(2 ** (width - 1) - 1, "int32"), tirx.const(-(2 ** (width - 1)), "int32")
+            return tirx.Select(tirx.isnan(x[i, j]), tirx.const(0, "int32"),
+                               tirx.Select(v >= tirx.const(lim, "float32"), hi,
+                                           tirx.Select(v < tirx.const(-lim, "float32"), lo, v.astype("int32"))))
+
+        xq = te.compute((m, k), quant, name="quantize")
+    else:
+        x = te.placeholder((m, k), "int32", name="xq")
+        xq = x
+    t_ax = te.reduce_axis((0, terms), "t")
+    k_ax = te.reduce_axis((0, k), "kk")
+    acc = te.compute(
+        (m, n),
+        lambda i, j: te.sum(_contrib_int(xq[i, k_ax], codes[t_ax, j // tile_n, k_ax, j % tile_n]),
+                            axis=[t_ax, k_ax]),
+        name="shift_acc")
+    if dequantize:
+        out_scale = te.placeholder((n,), "float32", name="out_scale")
+        y = te.compute((m, n), lambda i, j: acc[i, j].astype("float32") * out_scale[j], name="dequant")
+        func = te.create_prim_func([x, codes, out_scale, y])
+    else:
+        func = te.create_prim_func([x, codes, acc])
+    return _named(func, "pot_matmul_int", m=m, k=k, n=n, terms=terms, frac_bits=frac_bits,
+                  int_bits=int_bits, tile_n=tile_n)
+
+
+def pot_matmul_float(m: int, k: int, n: int, terms: int, tile_n: int = TILE_N,
+                     max_shift: int = FLUSH_EXPONENT) -> tirx.PrimFunc:
+    """``y = scale * sum_t sum_k sign * ldexp(x, -e)``, the ldexp done as an integer subtract on
+    the exponent field and the sign as an xor: no multiply in the inner loop. Inputs with
+    ``|x| < 2**-112`` count as zero (so the exponent cannot underflow; with shifts beyond 14,
+    inputs whose exponent field is at most ``max_shift``).
+
+    Params: ``x`` float32 ``[m, k]``, ``codes`` int8 (PoT layout), ``scale`` float32 ``[n]``.
+    """
+    tiles = -(-n // tile_n)
+    x = te.placeholder((m, k), "float32", name="x")
+    codes = te.placeholder((terms, tiles, k, tile_n), "int8", name="codes")
+    scale = te.placeholder((n,), "float32", name="scale")
+
+    def bits(i, j):
+        b = tirx.reinterpret("int32", x[i, j])
+        exp_field = tirx.bitwise_and(tirx.shift_right(b, 23), 0xFF)
+        return tirx.Select(exp_field > max(FLUSH_EXPONENT, max_shift), b, tirx.const(0, "int32"))
+
+    xb = te.compute((m, k), bits, name="float_bits")
+
+    def contrib(b, code):
+        c = code.astype("int32")
+        sign_bit = tirx.shift_left(tirx.shift_right(c, 31), 31)
+        shifted = tirx.bitwise_xor(b - tirx.shift_left(tirx.abs(c) - 1, 23), sign_bit)
+        return tirx.Select(tirx.all(c != 0, b != 0), tirx.reinterpret("float32", shifted),
+                           tirx.const(0.0, "float32"))
+
+    t_ax = te.reduce_axis((0, terms), "t")
+    k_ax = te.reduce_axis((0, k), "kk")
+    acc = te.compute(
+        (m, n),
+        lambda i, j: te.sum(contrib(xb[i, k_ax], codes[t_ax, j // tile_n, k_ax, j % tile_n]),
+                            axis=[t_ax, k_ax]),
+        name="shift_acc")
+    y = te.compute((m, n), lambda i, j: acc[i, j] * scale[j], name="dequant")
+    func = te.create_prim_func([x, codes, scale, y])
+    return _named(func, "pot_matmul_float", m=m, k=k, n=n, terms=terms, tile_n=tile_n)
+
+
+def bcq_matmul_lut(m: int, k: int, n: int, bits: int, group_size: int) -> tirx.PrimFunc:
+    """ShiftAddLLM's LUT-8 form: per 8 inputs a 256-entry table of every ``sum ±x_j``; then
+    each output adds one table lookup per bit-plane byte and scales each group's partial sum by
+    its alpha (a power-of-two sum: shifts on an accelerator).
+
+    Params: ``x`` float32 ``[m, k]``, ``planes`` uint8 ``[bits, Kp/8, n]``, ``alpha`` float32
+    ``[bits, G, n]``.
+    """
+    if group_size % 8:
+        raise ValueError(f"group_size must be a multiple of 8, got {group_size}")
+    k8 = -(-k // 8)
+    g8 = group_size // 8  # bytes per alpha group
+    groups = -(-k8 // g8)
+    x = te.placeholder((m, k), "float32", name="x")
+    planes = te.placeholder((bits, k8, n), "uint8", name="planes")
+    alpha = te.placeholder((bits, groups, n), "float32", name="alpha")
+
+    def table(i, g, idx):
+        total = tirx.const(0.0, "float32")
+        for j in range(8):
+            kk = g * 8 + j
+            if (k8 - 1) * 8 + j >= k:  # this lane is padding in the last byte
+                xv = tirx.Select(kk < k, x[i, tirx.min(kk, k - 1)], tirx.const(0.0, "float32"))
+            else:
+                xv = x[i, kk]
+            bit = tirx.bitwise_and(tirx.shift_right(idx, j), 1)
+            total = total + tirx.Select(bit == 1, xv, tirx.const(0.0, "float32") - xv)
+        return total
+
+    lut = te.compute((m, k8, 256), table, name="lut")
+    r = te.reduce_axis((0, g8), "r")
+    ragged = k8 % g8 != 0
+
+    def partial(i, b, q, j):
+        g = q * g8 + r
+        if ragged:
+            g_safe = tirx.min(g, k8 - 1)
+            val = lut[i, g_safe, planes[b, g_safe, j].astype("int32")]
+            return te.sum(tirx.Select(g < k8, val, tirx.const(0.0, "float32")), axis=r)
+        return te.sum(lut[i, g, planes[b, g, j].astype("int32")], axis=r)
+
+    part = te.compute((m, bits, groups, n), partial, name="lut_acc")
+    b_ax = te.reduce_axis((0, bits), "b")
+    q_ax = te.reduce_axis((0, groups), "q")
+    y = te.compute((m, n), lambda i, j: te.sum(alpha[b_ax, q_ax, j] * part[i, b_ax, q_ax, j],
+                                               axis=[b_ax, q_ax]), name="bcq_scale")
+    func = te.create_prim_func([x, planes, alpha, y])
+    return _named(func, "bcq_matmul_lut", m=m, k=k, n=n, bits=bits, group_size=group_size)
+
+
+def kernel_name(func) -> str | None:
+    """The ``accelc.kernel`` attribute of a PrimFunc (None for other functions)."""
+    attrs = getattr(func, "attrs", None)
+    if attrs is None or "accelc.kernel" not in attrs:
+        return None
+    return str(attrs["accelc.kernel"])
+
+
+def kernel_param(func, key: str) -> int:
+    return int(func.attrs[f"accelc.{key}"])
+
+
+__all__ = ["FLUSH_EXPONENT", "TILE_N", "bcq_matmul_lut", "kernel_name", "kernel_param",
+           "pot_matmul_float", "pot_matmul_int"]
