@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     import accelc
+    from accelc.compiler import pipeline
+    from accelc.compiler.frontend import import_relax
     from accelc.compiler.runtime import set_num_threads
 
     set_num_threads(args.threads)
@@ -90,9 +92,6 @@ def main(argv=None) -> int:
         runs = {"fp32-dense": accelc.compile(mod)}
         weight_bytes = {"fp32-dense": w.nbytes, "ort-fp32": w.nbytes}
         for name in args.variants.split(","):
-            from accelc.compiler import pipeline
-            from accelc.compiler.frontend import import_relax
-
             rewritten, _ = pipeline.apply_passes(import_relax(mod), [VARIANTS[name]])
             rec = json.loads(str(rewritten.attrs["accelc.rewrites"]))[0]["layers"][0]
             weight_bytes[name] = rec["bytes_after"]

@@ -385,7 +385,7 @@ def weight_names(model: onnx.ModelProto) -> dict[str, str]:
 
     Relax constants carry no names; graph passes look a constant's fingerprint up here so
     layer allow/deny patterns can name ONNX nodes (``*/attention/*``). Transposed copies are
-    listed too (Gemm's ``transB`` weights reach Relax transposed).
+    listed in the orientation they reach Relax (Gemm's ``transB`` weights arrive transposed).
     """
     from ..passes.naming import fingerprint
 
@@ -399,9 +399,13 @@ def weight_names(model: onnx.ModelProto) -> dict[str, str]:
             if arg in inits:
                 arr = onnx.numpy_helper.to_array(inits[arg])
                 names.setdefault(fingerprint(arr), label)
-                if arr.ndim == 2:
+                if arr.ndim == 2 and _transposed_b(node):
                     names.setdefault(fingerprint(arr.T), label)
     return names
+
+
+def _transposed_b(node) -> bool:
+    return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
 
 
 def _specs(values, label: str) -> list[TensorSpec]:

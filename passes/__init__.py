@@ -104,8 +104,8 @@ def _coerce(pass_name: str, field: dataclasses.Field, raw: Any):
     return raw
 
 
-def make_options(spec, **overrides):
-    """The typed options a spec (``name:k=v,...``) asks of its pass (None if it takes none)."""
+def _resolve(spec, overrides) -> tuple[PassInfo, object]:
+    """A spec's registered pass and its typed options (None for a pass without options)."""
     _load_builtin()
     name, opts = parse_spec(spec) if isinstance(spec, str) else (spec, {})
     opts.update(overrides)
@@ -116,7 +116,7 @@ def make_options(spec, **overrides):
     if info.options is None:
         if opts:
             raise PassError(f"pass '{name}' takes no options, got {', '.join(opts)}")
-        return None
+        return info, None
     fields = {f.name: f for f in dataclasses.fields(info.options)}
     unknown = sorted(set(opts) - set(fields))
     if unknown:
@@ -124,9 +124,14 @@ def make_options(spec, **overrides):
                         f"known: {', '.join(fields)}")
     values = {k: _coerce(name, fields[k], v) for k, v in opts.items()}
     try:
-        return info.options(**values)
+        return info, info.options(**values)
     except (TypeError, ValueError) as err:
         raise PassError(f"pass '{name}': {err}") from None
+
+
+def make_options(spec, **overrides):
+    """The typed options a spec (``name:k=v,...``) asks of its pass (None if it takes none)."""
+    return _resolve(spec, overrides)[1]
 
 
 def make(spec, **overrides):
@@ -135,9 +140,7 @@ def make(spec, **overrides):
 
     if isinstance(spec, tvm.transform.Pass):
         return spec
-    options = make_options(spec, **overrides)
-    name = parse_spec(spec)[0] if isinstance(spec, str) else spec
-    info = _REGISTRY[name]
+    info, options = _resolve(spec, overrides)
     return info.factory() if info.options is None else info.factory(options)
 
 

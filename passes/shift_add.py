@@ -139,7 +139,7 @@ def find_candidates(func, names: dict[str, str]) -> list[Candidate]:
         if weight is None or len(dims) < 2 or dims[-1] != weight.shape[0]:
             return
         index = len(found)
-        name = names.get(fingerprint(weight)) or names.get(fingerprint(weight.T)) or f"matmul_{index}"
+        name = names.get(fingerprint(weight)) or f"matmul_{index}"
         found.append(Candidate(index, name, np.ascontiguousarray(weight), int(np.prod(dims[:-1])), expr))
 
     relax.analysis.post_order_visit(func, visit)

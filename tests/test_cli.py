@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from accelc.tests.util import make_model, mlp_model, ort_run
+from accelc.tests.util import make_model, mlp_model, model_with_escaping_external_data, ort_run
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 ENV.pop("ACCELC_DEBUG", None)
@@ -194,15 +194,7 @@ def test_external_data_outside_folder(tmp_path):
     (tmp_path / "outside.bin").write_bytes(b"\0" * 8192)
     sub = tmp_path / "m"
     sub.mkdir()
-    onnx.save(mlp_model(batch=2), str(sub / "m.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
-    m = onnx.load(str(sub / "m.onnx"), load_external_data=False)
-    for t in m.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = "../outside.bin"
-    onnx.save(m, str(sub / "m.onnx"))
-    res = accelc("compile", sub / "m.onnx", "-o", tmp_path / "o.so")
+    res = accelc("compile", model_with_escaping_external_data(sub, "../outside.bin"), "-o", tmp_path / "o.so")
     assert_one_line_error(res, "outside the model's folder", "refused")
     assert not (tmp_path / "o.so").exists()
 

