@@ -238,11 +238,12 @@ def rewrite_weights(c: Candidate, opts: ShiftAddOptions, hessian=None):
     if opts.mode == "pot":
         pw = sam.pot_decompose(w, terms=opts.terms, weight_bits=opts.weight_bits, scale=opts.scale)
         deq = pw.dequantize()
-        codes = pack_pot_codes(pw.codes, kernels.TILE_N)
         if opts.path == "int":
+            codes = pack_pot_codes(sam.encode_int_codes(pw.codes), kernels.TILE_N)
             func = kernels.pot_matmul_int(c.rows, k, n, opts.terms, opts.frac_bits, opts.int_bits)
             scale = (pw.scale.astype(np.float64) * 2.0 ** -opts.frac_bits).astype(np.float32)
         else:
+            codes = pack_pot_codes(pw.codes, kernels.TILE_N)
             func = kernels.pot_matmul_float(c.rows, k, n, opts.terms, max_shift=pw.e_max)
             scale = pw.scale.astype(np.float32)
         args = [codes, scale]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "PotWeights", "pot_decompose", "quantize_activations", "shift_matmul_int_ref",
+    "PotWeights", "pot_decompose", "encode_int_codes", "quantize_activations", "shift_matmul_int_ref",
     "shift_matmul_float_ref", "BcqWeights", "apot_round", "bcq_quantize", "bcq_matmul_ref",
     "lut8_tables", "bcq_matmul_lut_ref", "pot_weight_bytes", "bcq_weight_bytes",
 ]
@@ -160,6 +160,23 @@ def _check_codes(codes, k: int) -> np.ndarray:
     if codes.dtype != np.int8 or codes.ndim != 3 or codes.shape[1] != k:
         raise ValueError(f"codes must be int8 [T, K={k}, N], got {codes.dtype} {codes.shape}")
     return codes
+
+
+def encode_int_codes(codes) -> np.ndarray:
+    """PoT codes ``c = sign * (e + 1)`` → the integer kernel's byte: ``0`` for a zero weight,
+    else ``e`` in bits 0–4, bit 5 set (so ``e = 0`` is not zero) and bit 7 the sign.
+
+    As int8 the byte is negative exactly for negative weights and zero exactly for zero ones,
+    so one x86 ``psignd`` applies both, and ``byte & 31`` is always a defined shift count.
+    """
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise ValueError(f"codes must be integers, got {codes.dtype}")
+    e = np.abs(codes.astype(np.int32)) - 1
+    if codes.size and e.max() > 31:
+        raise ValueError(f"shift exponents must be at most 31, got {int(e.max())}")
+    byte = np.where(codes < 0, 0x80, 0x20) | np.maximum(e, 0)
+    return np.where(codes == 0, 0, byte).astype(np.uint8).view(np.int8)
 
 
 def shift_matmul_int_ref(xq, codes) -> np.ndarray:

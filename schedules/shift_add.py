@@ -6,8 +6,10 @@ carries the PrimFunc attribute ``accelc.kernel`` (its name here) plus its shape 
 a target's schedule rule can recognise it and a simulator can cost it. Weight layouts:
 
 - PoT codes: int8 ``[T, ceil(N/nb), K, nb]`` — term ``t`` of weight ``(k, n)`` at
-  ``[t, n // nb, k, n % nb]``; ``c = sign * (e + 1)`` means ``sign * 2**-e``, ``c = 0`` none.
-  Tiles of ``nb`` output channels make every thread's weight stream contiguous.
+  ``[t, n // nb, k, n % nb]``; ``c = sign * (e + 1)`` means ``sign * 2**-e``, ``c = 0`` none
+  (the float path), or the integer path's byte (``shift_add_math.encode_int_codes``: ``e`` in
+  bits 0–4, bit 5 set, bit 7 the sign). Tiles of ``nb`` output channels make every thread's
+  weight stream contiguous.
 - BCQ bit-planes: uint8 ``[bits, Kp // 8, N]`` (bit ``j`` of byte ``g`` is input ``8g + j``,
   1 = +1, 0 = -1) and float32 scales ``alpha[bits, G, N]`` per group of ``gs`` inputs.
 
@@ -36,14 +38,32 @@ def _named(func: tirx.PrimFunc, kernel: str, **params) -> tirx.PrimFunc:
     return func
 
 
-def _contrib_int(xq, code):
-    """``sign(c) * (xq >> (|c| - 1))``: a per-lane arithmetic shift and a branch-free
-    conditional negate (``(v ^ s) - s`` with ``s`` the sign mask); zero codes are masked."""
-    c = code.astype("int32")
-    s = tirx.shift_right(c, 31)
-    v = tirx.shift_right(xq, tirx.abs(c) - 1)
-    signed = tirx.bitwise_xor(v, s) - s
-    return tirx.Select(c != 0, signed, tirx.const(0, "int32"))
+#: x86 instructions that compute ``sign(c) * v`` per int32 lane (negate, keep or zero) in one
+#: op, by vector width: the schedule rule picks the one matching its vector loop.
+SIGN_INTRINSICS = {8: "llvm.x86.avx2.psign.d", 4: "llvm.x86.ssse3.psign.d.128"}
+
+
+def _contrib_int(sign_intrinsic: str | None = None):
+    """``sign * (xq >> e)`` for an integer-path code byte (``e = byte & 31``, negative byte =
+    negative weight, zero byte = zero weight; see ``shift_add_math.encode_int_codes``).
+
+    Generic form: a per-lane arithmetic shift, a branch-free ``(v ^ s) - s`` negate with ``s``
+    the sign mask and a select for zero codes. With ``sign_intrinsic`` (a
+    :data:`SIGN_INTRINSICS` entry) negate-or-zero is one ``psignd``: load, and, shift, sign,
+    add per vector of weights. That form is valid only when the accumulation is vectorized at
+    the instruction's width, so a CPU schedule rule chooses it, never the pass.
+    """
+
+    def contrib(xq, code):
+        c = code.astype("int32")
+        v = tirx.shift_right(xq, tirx.bitwise_and(c, 31))
+        if sign_intrinsic is not None:
+            return tirx.call_llvm_pure_intrin("int32", sign_intrinsic, v, c)
+        s = tirx.shift_right(c, 31)
+        signed = tirx.bitwise_xor(v, s) - s
+        return tirx.Select(c != 0, signed, tirx.const(0, "int32"))
+
+    return contrib
 
 
 def _accumulate(xs, codes, contrib, dims):
@@ -58,13 +78,15 @@ def _accumulate(xs, codes, contrib, dims):
 
 
 def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits: int,
-                   tile_n: int = TILE_N, dequantize: bool = True) -> tirx.PrimFunc:
+                   tile_n: int = TILE_N, dequantize: bool = True,
+                   sign_intrinsic: str | None = None) -> tirx.PrimFunc:
     """``y = dequant(sum_t sum_k sign * (q(x) >> e))`` with ``q(x) = floor(x * 2**frac_bits)``
     saturated to ``int_bits + frac_bits`` bits and an int32 accumulator.
 
     Params: ``x`` float32 ``[m, k]``, ``codes`` int8 (PoT layout), ``out_scale`` float32 ``[n]``
     (``scale * 2**-frac_bits``), output float32 ``[m, n]`` — or, with ``dequantize=False``,
     ``x`` already quantized (int32) and the int32 accumulator as output (for bit-exact tests).
+    ``sign_intrinsic``: see :func:`_contrib_int` (a CPU schedule rule's choice, not the pass's).
     """
     width = int_bits + frac_bits
     if not 2 <= width <= 32:
@@ -86,7 +108,7 @@ def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits:
     else:
         x = te.placeholder((m, k), "int32", name="xq")
         xq = x
-    acc = _accumulate(xq, codes, _contrib_int, (m, n, k, terms, tile_n))
+    acc = _accumulate(xq, codes, _contrib_int(sign_intrinsic), (m, n, k, terms, tile_n))
     if dequantize:
         out_scale = te.placeholder((n,), "float32", name="out_scale")
         y = te.compute((m, n), lambda i, j: acc[i, j].astype("float32") * out_scale[j], name="dequant")
@@ -94,7 +116,7 @@ def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits:
     else:
         func = te.create_prim_func([x, codes, acc])
     return _named(func, "pot_matmul_int", m=m, k=k, n=n, terms=terms, frac_bits=frac_bits,
-                  int_bits=int_bits, tile_n=tile_n)
+                  int_bits=int_bits, tile_n=tile_n, dequantize=int(dequantize))
 
 
 def pot_matmul_float(m: int, k: int, n: int, terms: int, tile_n: int = TILE_N,
@@ -193,5 +215,5 @@ def kernel_param(func, key: str) -> int:
     return int(func.attrs[f"accelc.{key}"])
 
 
-__all__ = ["FLUSH_EXPONENT", "TILE_N", "bcq_matmul_lut", "kernel_name", "kernel_param",
+__all__ = ["FLUSH_EXPONENT", "SIGN_INTRINSICS", "TILE_N", "bcq_matmul_lut", "kernel_name", "kernel_param",
            "pot_matmul_float", "pot_matmul_int"]

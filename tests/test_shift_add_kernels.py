@@ -18,6 +18,8 @@ from accelc.schedules.cpu.shift_add import ShiftAddKernels
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DIMS = st.integers(1, 9) | st.integers(10, 70)
+#: Output widths: whole 32-channel tiles take the CPU rule's psignd form, ragged ones the generic.
+NS = st.sampled_from([32, 64, 96]) | DIMS
 
 
 def _schedule(func, target):
@@ -38,25 +40,44 @@ def _run(lib, args, out_shape, out_dtype):
 
 
 def _codes(rng, terms, k, n, e_max=14):
-    mag = rng.integers(0, e_max + 2, (terms, k, n))
+    mag = rng.integers(0, int(e_max) + 2, (terms, k, n))
     return (mag * rng.choice([-1, 1], (terms, k, n))).astype(np.int8)
 
 
+def _int_codes(codes):
+    return pack_pot_codes(sam.encode_int_codes(codes), kernels.TILE_N)
+
+
+#: The host, plus x86 baselines that take the generic sign form (SSE2: no psignd) and the
+#: 128-bit psignd (x86-64-v2 has SSSE3), so every form of the int kernel is held bit-exact.
+INT_TARGETS = ["host", "x86-64", "x86-64-v2"]
+
+
+def _target(name, host):
+    if name == "host":
+        return host
+    if not target_has_features(["sse2"], host):
+        pytest.skip("not an x86 host")
+    return tvm.target.Target({"kind": "llvm", "mcpu": name, "num-cores": 2})
+
+
+@pytest.mark.parametrize("target_name", INT_TARGETS)
 @SETTINGS
-@given(m=DIMS, k=DIMS, n=DIMS, terms=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_int_accumulator_is_bit_exact(cpu_target, m, k, n, terms, seed):
+@given(m=DIMS, k=DIMS, n=NS, terms=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_int_accumulator_is_bit_exact(cpu_target, target_name, m, k, n, terms, seed):
     rng = np.random.default_rng(seed)
-    codes = _codes(rng, terms, k, n)
+    codes = _codes(rng, terms, k, n, e_max=rng.choice([14, 31]))
     span = rng.choice([2**8, 2**20, 2**30])
     xq = rng.integers(-span, span, (m, k)).astype(np.int32)
     xq.flat[0] = -(2**31)  # the most negative value shifts too
-    lib = _build(kernels.pot_matmul_int(m, k, n, terms, 16, 16, dequantize=False), cpu_target)
-    got = _run(lib, [xq, pack_pot_codes(codes, kernels.TILE_N)], (m, n), "int32")
+    lib = _build(kernels.pot_matmul_int(m, k, n, terms, 16, 16, dequantize=False),
+                 _target(target_name, cpu_target))
+    got = _run(lib, [xq, _int_codes(codes)], (m, n), "int32")
     np.testing.assert_array_equal(got, sam.shift_matmul_int_ref(xq, codes))
 
 
 @SETTINGS
-@given(m=DIMS, k=DIMS, n=DIMS, terms=st.integers(1, 3), frac=st.sampled_from([8, 12, 16]),
+@given(m=DIMS, k=DIMS, n=NS, terms=st.integers(1, 3), frac=st.sampled_from([8, 12, 16]),
        seed=st.integers(0, 2**16))
 def test_int_kernel_with_quantization_is_bit_exact(cpu_target, m, k, n, terms, frac, seed):
     """quantize → shift-accumulate → dequantize equals the reference computed step by step
@@ -66,7 +87,7 @@ def test_int_kernel_with_quantization_is_bit_exact(cpu_target, m, k, n, terms, f
     x = (rng.standard_normal((m, k)) * rng.choice([0.1, 3.0, 300.0])).astype(np.float32)
     out_scale = (rng.random(n) + 0.5).astype(np.float32) * np.float32(2.0 ** -frac)
     lib = _build(kernels.pot_matmul_int(m, k, n, terms, frac, 32 - frac - 4), cpu_target)
-    got = _run(lib, [x, pack_pot_codes(codes, kernels.TILE_N), out_scale], (m, n), "float32")
+    got = _run(lib, [x, _int_codes(codes), out_scale], (m, n), "float32")
     acc = sam.shift_matmul_int_ref(sam.quantize_activations(x, frac, 32 - frac - 4), codes)
     np.testing.assert_array_equal(got, acc.astype(np.float32) * out_scale)
 
@@ -138,6 +159,18 @@ def test_shift_inner_loop_has_no_multiply(cpu_target, kind):
     if kind == "int" and target_has_features(["avx2"], cpu_target):
         asm = tvm.tirx.build(mod["main"].with_attr("global_symbol", "main"), cpu_target).inspect_source("s")
         assert "vpsravd" in asm
+        if not target_has_features(["avx512f"], cpu_target):  # the 8-lane loop takes psignd
+            assert "vpsignd" in asm
+
+
+def test_int_codes_encoding():
+    codes = np.array([0, 1, -1, 2, -2, 32, -32], np.int8)  # 0, ±2**0, ±2**-1, ±2**-31
+    byte = sam.encode_int_codes(codes)
+    assert byte.dtype == np.int8
+    np.testing.assert_array_equal(byte.view(np.uint8), [0, 0x20, 0x80, 0x21, 0x81, 0x3F, 0x9F])
+    assert np.array_equal(np.sign(byte), np.sign(codes))  # psignd reads the sign off the byte
+    with pytest.raises(ValueError, match="at most 31"):
+        sam.encode_int_codes(np.array([33], np.int8))
 
 
 def test_bad_kernel_parameters_are_rejected():

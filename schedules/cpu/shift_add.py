@@ -14,6 +14,9 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir.dlight.analysis import get_root_block
 
+from tvm.target.codegen import target_has_features
+
+from .. import shift_add as kernels
 from ..shift_add import kernel_name, kernel_param
 from .base import CPURule, cpu_shape, vectorize_inner
 
@@ -33,6 +36,8 @@ class ShiftAddKernels(CPURule):
         if not self.is_target_available(target) or name is None:
             return None
         shape = cpu_shape(target)
+        if name == "pot_matmul_int":
+            func = self._with_sign_intrinsic(func, target, shape)
         sch = s_tir.Schedule(func)
         if name in ("pot_matmul_int", "pot_matmul_float"):
             self._pot(sch, func, shape)
@@ -41,6 +46,25 @@ class ShiftAddKernels(CPURule):
         else:
             return None
         return sch
+
+    @staticmethod
+    def _with_sign_intrinsic(func, target, shape):
+        """The same kernel re-derived with x86's ``psignd`` for the negate-or-zero (one op
+        instead of four) when every accumulation loop is a full vector of that instruction's
+        width (the GEMV 1×4096² went 1.85× → 3.1–3.6× faster than fp32 dense with it)."""
+        lanes = shape.lanes("int32")
+        intrinsic = kernels.SIGN_INTRINSICS.get(lanes)
+        feature = {8: "avx2", 4: "ssse3"}.get(lanes)
+        if intrinsic is None or not target_has_features([feature], target):
+            return func
+        p = {key: kernel_param(func, key) for key in
+             ("m", "k", "n", "terms", "frac_bits", "int_bits", "tile_n", "dequantize")}
+        if p["tile_n"] % lanes or p["n"] % p["tile_n"]:
+            return func  # a ragged last tile is a predicated loop, which stays scalar
+        return kernels.pot_matmul_int(p["m"], p["k"], p["n"], p["terms"], p["frac_bits"], p["int_bits"],
+                                      tile_n=p["tile_n"], dequantize=bool(p["dequantize"]),
+                                      sign_intrinsic=intrinsic).with_attrs(
+                                          {k: v for k, v in func.attrs.items()})
 
     def _pot(self, sch, func, shape) -> None:
         m, tile_n = kernel_param(func, "m"), kernel_param(func, "tile_n")
