@@ -21,21 +21,14 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from .kernel_attrs import kernel_name, kernel_param, named_kernel as _named
+
 #: Output channels per packed weight tile: 4 AVX2 / 2 AVX-512 vectors of int32 accumulators.
 TILE_N = 32
 
 #: Float32 numbers whose exponent field is at most this are flushed to zero by the float path:
 #: subtracting a shift of up to 14 from the exponent must not underflow into the sign bit.
 FLUSH_EXPONENT = 14
-
-
-def _named(func: tirx.PrimFunc, kernel: str, **params) -> tirx.PrimFunc:
-    # Opaque to FuseOps: a fused PrimFunc would lose these attributes, and with them the
-    # schedule rule that recognises the kernel.
-    func = func.with_attr("accelc.kernel", kernel).with_attr("op_pattern", 8)
-    for key, value in params.items():
-        func = func.with_attr(f"accelc.{key}", value)
-    return func
 
 
 #: x86 instructions that compute ``sign(c) * v`` per int32 lane (negate, keep or zero) in one
@@ -201,18 +194,6 @@ def bcq_matmul_lut(m: int, k: int, n: int, bits: int, group_size: int) -> tirx.P
                                                axis=[b_ax, q_ax]), name="bcq_scale")
     func = te.create_prim_func([x, planes, alpha, y])
     return _named(func, "bcq_matmul_lut", m=m, k=k, n=n, bits=bits, group_size=group_size)
-
-
-def kernel_name(func) -> str | None:
-    """The ``accelc.kernel`` attribute of a PrimFunc (None for other functions)."""
-    attrs = getattr(func, "attrs", None)
-    if attrs is None or "accelc.kernel" not in attrs:
-        return None
-    return str(attrs["accelc.kernel"])
-
-
-def kernel_param(func, key: str) -> int:
-    return int(func.attrs[f"accelc.{key}"])
 
 
 __all__ = ["FLUSH_EXPONENT", "SIGN_INTRINSICS", "TILE_N", "bcq_matmul_lut", "kernel_name", "kernel_param",
