@@ -31,12 +31,20 @@ def _add_shape_args(p):
                         "bound on one input binds it on every input that shares the name")
 
 
+def _add_calib_arg(p):
+    p.add_argument("--calib", metavar="SAMPLES.npz",
+                   help="calibration inputs for passes that calibrate (polarize and linearize:local=softmax "
+                        "read attention maps, shift-add:mode=bcq reads layer Hessians): per input name "
+                        "one sample or a stack [samples, ...]")
+
+
 def _add_compile_args(p):
     p.add_argument("-t", "--target", default="cpu", help=f"compilation target (default: cpu). {EPILOG_TARGETS}")
     _add_shape_args(p)
     p.add_argument("--passes", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
                    help="graph pass to run before lowering (repeatable, in order); `accelc passes` lists them")
     p.add_argument("--db", metavar="DIR", help="MetaSchedule tuning database (from `accelc tune`) to apply")
+    _add_calib_arg(p)
     p.add_argument("--no-fast-math", action="store_true",
                    help="use libm exp/erf/tanh instead of vectorized polynomials (|rel err| < 1e-6); slower")
     p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this host, e.g. znver3, skylake-avx512)")
@@ -117,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "or seeded random ones)")
     rp.add_argument("-o", "--output", metavar="JSON", help="report path (default: MODEL.report.json here)")
     rp.add_argument("--repeat", type=int, default=5, help="timing runs per variant (0: skip timing)")
+    _add_calib_arg(rp)
+    rp.add_argument("--calib-samples", type=int, default=4,
+                    help="without --calib: calibrate on this many seeded samples (seeds 1..N; the "
+                         "comparison runs on seed 0), default 4")
 
     d = sub.add_parser("demo", help="compile, run and check a bundled example against onnxruntime",
                        description="The quick start: build a zoo model, compile it for the CPU, export and "
@@ -157,7 +169,7 @@ def _compile(args, model_path: str):
 
     return accelc_compile(model_path, target=args.target, input_shapes=_shapes(args.input_shape),
                           passes=args.passes, database=args.db, fast_math=not args.no_fast_math,
-                          target_options=_target_options(args))
+                          target_options=_target_options(args), calibration=getattr(args, "calib", None))
 
 
 def _open(args, path: str):
@@ -327,7 +339,11 @@ def cmd_report(args) -> int:
     out = Path(args.output or f"{stem}.report.json")
     if not out.parent.exists():
         raise UsageError(f"output directory {out.parent} does not exist")
-    report = fidelity_report(model, args.passes, _shapes(args.input_shape), feeds, timing_repeat=args.repeat)
+    calib = args.calib
+    if calib is None and not Path(args.model).exists() and args.model in models.names():
+        calib = [models.example_inputs(args.model, seed) for seed in range(1, args.calib_samples + 1)]
+    report = fidelity_report(model, args.passes, _shapes(args.input_shape), feeds, timing_repeat=args.repeat,
+                             calibration=calib, calib_samples=args.calib_samples)
     print(format_report(report))
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     print(f"wrote {out}")

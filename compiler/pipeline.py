@@ -11,29 +11,53 @@ from .artifact import ArtifactMeta
 from .frontend import ImportedModel
 
 
-def apply_passes(imported: ImportedModel, passes: Sequence) -> tuple[object, list[str]]:
-    """Run accelc graph passes (spec strings or Pass objects) on the Relax module."""
+def apply_passes(imported: ImportedModel, passes: Sequence, calibration=None) -> tuple[object, list[str]]:
+    """Run accelc graph passes (spec strings or Pass objects) on the Relax module, in order.
+
+    ``calibration``: input samples (a list of feed dicts). A pass that wants calibration data
+    (attention maps, layer Hessians) gets it computed on the module as the earlier passes left
+    it; without samples such a pass runs uncalibrated or says what it needs.
+    """
+    import dataclasses
+
     import tvm
 
     from .. import passes as registry
 
-    objs = [registry.make(p) for p in passes]
     names = [p if isinstance(p, str) else getattr(p.info, "name", str(p)) for p in passes]
-    if not objs:
-        return imported.mod, names
+    mod = imported.mod
     registry.take_error()
-    try:
-        with tvm.transform.PassContext(opt_level=3):
-            return tvm.transform.Sequential(objs)(imported.mod), names
-    except Exception:
-        err = registry.take_error()
-        if err is not None:
-            raise err from None
-        raise
+    for spec in passes:
+        calibrated = {}
+        if not isinstance(spec, tvm.transform.Pass):
+            info, options = registry.resolve(spec)
+            kind = info.wants(options)
+            if kind and calibration:
+                calibrated[kind] = _calibrate(kind, dataclasses.replace(imported, mod=mod), calibration)
+        obj = registry.make(spec, calibrated=calibrated)
+        try:
+            with tvm.transform.PassContext(opt_level=3):
+                mod = obj(mod)
+        except Exception:
+            err = registry.take_error()
+            if err is not None:
+                raise err from None
+            raise
+    return mod, names
+
+
+def _calibrate(kind: str, imported: ImportedModel, samples):
+    from . import calibrate
+
+    if kind == "hessians":
+        return calibrate.layer_hessians(imported, samples)
+    if kind == "maps":
+        return calibrate.attention_maps(imported, samples)
+    raise ValueError(f"unknown calibration kind {kind!r}")
 
 
 def build(imported: ImportedModel, target: str = "cpu", passes: Sequence = (), database=None,
-          fast_math: bool = True, target_options: dict | None = None):
+          fast_math: bool = True, target_options: dict | None = None, calibration=None):
     """Compile; returns ``(tvm Executable, ArtifactMeta)``."""
     import tvm
 
@@ -41,7 +65,7 @@ def build(imported: ImportedModel, target: str = "cpu", passes: Sequence = (), d
 
     spec = targets.get(target)
     tvm_target = spec.make(**(target_options or {}))
-    mod, pass_names = apply_passes(imported, passes)
+    mod, pass_names = apply_passes(imported, passes, calibration)
     db = _open_database(database)
     try:
         with tvm.transform.PassContext(opt_level=3), native_stderr_silenced():

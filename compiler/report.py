@@ -83,20 +83,29 @@ def summarize(records: Sequence[dict]) -> dict:
 
 
 def fidelity_report(model, passes: Sequence, input_shapes=None, feeds: Mapping | None = None,
-                    target: str = "cpu", timing_repeat: int = 5) -> dict:
+                    target: str = "cpu", timing_repeat: int = 5, calibration=None,
+                    calib_samples: int = 4) -> dict:
     """Compile ``model`` with and without ``passes``, run both on ``feeds`` (default: the zoo's
-    example inputs or seeded random ones) and report fidelity, ops, bytes and energy."""
+    example inputs or seeded random ones) and report fidelity, ops, bytes and energy.
+
+    ``calibration``: samples (feed dicts or an ``.npz`` path) for passes that calibrate; default
+    ``calib_samples`` seeded random samples (seeds 1..N, never the compared seed 0)."""
     from . import pipeline
+    from .api import _samples
     from .frontend import import_model
     from .runtime import CompiledModel
 
     imported = import_model(model, input_shapes)
-    mod, names = pipeline.apply_passes(imported, passes)
-    records = json.loads(str(mod.attrs["accelc.rewrites"])) if mod.attrs and "accelc.rewrites" in mod.attrs else []
     base_ex, base_meta = pipeline.build(imported, target)
+    base = CompiledModel(base_ex, base_meta, executable=base_ex)
+    samples = _samples(calibration, imported)
+    if samples is None:
+        samples = [base.example_feeds(seed) for seed in range(1, calib_samples + 1)]
+    mod, names = pipeline.apply_passes(imported, passes, samples)
+    records = json.loads(str(mod.attrs["accelc.rewrites"])) if mod.attrs and "accelc.rewrites" in mod.attrs else []
     new_ex, new_meta = pipeline.build(dataclasses.replace(imported, mod=mod), target)
     new_meta.passes = list(names)
-    base, new = CompiledModel(base_ex, base_meta, executable=base_ex), CompiledModel(new_ex, new_meta, executable=new_ex)
+    new = CompiledModel(new_ex, new_meta, executable=new_ex)
     if feeds is None:
         feeds = base.example_feeds(0)
     ref, got = base.run(feeds), new.run(feeds)
@@ -121,9 +130,38 @@ def _fmt_count(v: float) -> str:
     return f"{v:.0f}"
 
 
+def _format_attention(rec: dict) -> list[str]:
+    """The attention passes' per-site table (polarize: sparsity, global tokens, retained mass)."""
+    sites = rec["sites"]
+    out = [f"\n{rec['pass']} ({rec.get('describe', '')}): {len(sites)} attention sites rewritten, "
+           f"{len(rec.get('kept', []))} left as softmax"
+           + (f" ({', '.join(sorted({k['why'] for k in rec['kept']}))})" if rec.get("kept") else "")]
+    polar = rec["pass"] == "polarize"
+    head = f"  {'site':<40}{'H×N×d':>13}{'MACs':>19}"
+    head += f"{'sparsity':>10}{'|G| per head':>16}{'mass kept':>11}" if polar else f"{'form':>22}"
+    out.append(head)
+    for s in sites:
+        name = s["name"] if len(s["name"]) <= 39 else "…" + s["name"][-38:]
+        shape = f"{s['heads']}×{s['tokens']}×{s['head_dim']}"
+        macs = f"{_fmt_count(s['macs_before'])}→{_fmt_count(s['macs_after'])}"
+        line = f"  {name:<40}{shape:>13}{macs:>19}"
+        if polar:
+            g = s.get("global_tokens", [])
+            gtxt = ",".join(map(str, g[:4])) + ("…" if len(g) > 4 else "")
+            line += f"{s.get('sparsity', 0) * 100:>9.1f}%{gtxt:>16}{s.get('retained_mass', 0):>11.3f}"
+        else:
+            form = ("causal chunked" if s["causal"] else s["variant"]) + (" +local" if s.get("local") == "softmax" else "")
+            line += f"{form:>22}"
+        out.append(line)
+    return out
+
+
 def format_report(report: dict) -> str:
     out = [f"{report['model']}: {' + '.join(report['passes']) or 'no passes'} on {report['target']}"]
     for rec in report["rewrites"]:
+        if "sites" in rec:
+            out.extend(_format_attention(rec))
+            continue
         out.append(f"\n{rec['pass']} ({rec.get('describe', '')}): {len(rec['layers'])} layers rewritten, "
                    f"{len(rec.get('dense', []))} left dense"
                    + (f" ({', '.join(sorted({d['why'] for d in rec['dense']}))})" if rec.get("dense") else ""))

@@ -18,20 +18,27 @@ from ..errors import PassError
 @dataclass(frozen=True)
 class PassInfo:
     name: str
-    factory: Callable[..., Any]  # (**options) -> tvm.transform.Pass
+    factory: Callable[..., Any]  # (options, **calibration data) -> tvm.transform.Pass
     options: type | None
     summary: str
+    #: options -> the calibration data the pass wants as a factory keyword ("hessians": per
+    #: layer XᵀX; "maps": per attention site mean softmax maps) or None; the driver computes it.
+    calibration: Callable[[Any], str | None] | None = None
+
+    def wants(self, options) -> str | None:
+        return self.calibration(options) if self.calibration is not None else None
 
 
 _REGISTRY: dict[str, PassInfo] = {}
 
 
-def register(name: str, options: type | None = None):
-    """Decorator: register ``factory(**options) -> Pass`` under ``name``."""
+def register(name: str, options: type | None = None, calibration: Callable | None = None):
+    """Decorator: register ``factory(options) -> Pass`` under ``name``; ``calibration(options)``
+    names the calibration keyword the factory takes, when it wants one."""
 
     def wrap(factory):
         doc = (factory.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = PassInfo(name, factory, options, doc[0] if doc else "")
+        _REGISTRY[name] = PassInfo(name, factory, options, doc[0] if doc else "", calibration)
         return factory
 
     return wrap
@@ -104,6 +111,11 @@ def _coerce(pass_name: str, field: dataclasses.Field, raw: Any):
     return raw
 
 
+def resolve(spec, **overrides) -> tuple[PassInfo, object]:
+    """A spec's registered pass and its typed options (None for a pass without options)."""
+    return _resolve(spec, overrides)
+
+
 def _resolve(spec, overrides) -> tuple[PassInfo, object]:
     """A spec's registered pass and its typed options (None for a pass without options)."""
     _load_builtin()
@@ -134,14 +146,16 @@ def make_options(spec, **overrides):
     return _resolve(spec, overrides)[1]
 
 
-def make(spec, **overrides):
-    """A Pass from a spec string (``name:k=v,...``), a registered name, or a Pass (returned as is)."""
+def make(spec, calibrated: dict | None = None, **overrides):
+    """A Pass from a spec string (``name:k=v,...``), a registered name, or a Pass (returned as
+    is). ``calibrated``: calibration data by keyword (see ``PassInfo.calibration``)."""
     import tvm
 
     if isinstance(spec, tvm.transform.Pass):
         return spec
     info, options = _resolve(spec, overrides)
-    return info.factory() if info.options is None else info.factory(options)
+    kwargs = dict(calibrated or {})
+    return info.factory(**kwargs) if info.options is None else info.factory(options, **kwargs)
 
 
 def _load_builtin() -> None:
@@ -152,4 +166,4 @@ def _load_builtin() -> None:
         import_module(f"{__name__}.{module}")
 
 
-_BUILTIN: tuple[str, ...] = ("shift_add",)
+_BUILTIN: tuple[str, ...] = ("shift_add", "linearize", "polarize")

@@ -1,17 +1,23 @@
 """``accelc.shift-add``: constant-weight matmuls → shifts and adds (post-training).
 
 Pattern: ``R.matmul(x, W)`` with ``W`` a float32 2-D constant (``[K, N]``; also
-``permute_dims`` of one, as Gemm with ``transB`` imports), ``x`` float32 ``[..., K]``.
+``permute_dims`` of one, as Gemm with ``transB`` imports), ``x`` float32 ``[..., K]``; and
+``R.nn.conv2d(x, W)`` (NCHW data, OIHW float32 constant ``W``, static shapes), run as a matmul
+of the im2col patch matrix ``[N·OH·OW, C·KH·KW]`` with ``W`` flattened to ``[C·KH·KW, O]``.
+A conv's bias add stays as imported. Grouped/depthwise convs stay dense (``dense`` record:
+"grouped conv"), as do other layouts.
 
-Rewrite: ``reshape → call_tir(kernel, x, packed weights) → reshape``, one of
+Rewrite: ``reshape → call_tir(kernel, x, packed weights) → reshape`` (conv2d: ``im2col →
+call_tir(kernel) → reshape → permute_dims`` back to NCHW), one of
 - ``mode=pot`` (DeepShift / ShiftAddViT's shift expert): ``W ≈ scale[n] · Σ_t sign·2^-e``
   with ``terms`` APoT terms, packed as one int8 per term; ``path=int`` quantizes activations
   to fixed point ``Q(int_bits).(frac_bits)`` and accumulates ``±(x >> e)`` in int32;
   ``path=float`` adds ``-e`` to the float exponent instead;
 - ``mode=bcq`` (ShiftAddLLM): ``W ≈ Σ_i α_i·B_i`` with ``bits`` ±1 bit-planes (1 bit per weight
   each) and APoT-rounded scales per group of ``group_size`` inputs, run as the LUT-8 kernel;
-  given per-layer Hessians (``hessians={layer name: XᵀX}`` from Python) the GPTQ-style
-  error feedback minimizes the layer's output error instead.
+  given per-layer Hessians (``hessians={layer name: XᵀX}``; the driver computes them from a
+  calibration set: ``--calib samples.npz``, ``compiler.calibrate.layer_hessians``) the
+  GPTQ-style error feedback minimizes the layer's output error instead.
 
 Knobs: the options dataclass below. Layers: ``layers`` (allow) / ``exclude`` (deny) fnmatch
 patterns over ONNX node names (``*/intermediate/*``); the first and last matched layers stay
@@ -91,21 +97,71 @@ def _patterns(value) -> tuple:
     return tuple(p for p in (str(v).strip() for v in value) if p)
 
 
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A static NCHW/OIHW conv2d as the im2col matmul ``[N·OH·OW, C·KH·KW] @ [C·KH·KW, O]``."""
+
+    batch: int
+    channels: int
+    kernel: tuple  # (KH, KW)
+    strides: tuple
+    padding: tuple  # Relax's (top, left, bottom, right)
+    dilation: tuple
+    out_hw: tuple  # (OH, OW)
+    groups: int = 1
+
+    @property
+    def pointwise(self) -> bool:
+        """1×1, stride 1, no padding: the patch matrix is the NHWC input itself."""
+        return (self.kernel == (1, 1) and self.strides == (1, 1) and not any(self.padding))
+
+    def patches(self, x: np.ndarray) -> np.ndarray:
+        """NumPy im2col of an ``[N, C, H, W]`` input: ``[N·OH·OW, C·KH·KW]`` (what the kernel
+        multiplies; calibration takes its Hessian ``XᵀX`` from this, not from ``x``)."""
+        (kh, kw), (sh, sw), (dh, dw), (oh, ow) = self.kernel, self.strides, self.dilation, self.out_hw
+        pt, pl, pb, pr = self.padding
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        n, c = x.shape[:2]
+        cols = np.empty((n, oh, ow, c, kh, kw), x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                win = xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+                cols[..., i, j] = win.transpose(0, 2, 3, 1)
+        return cols.reshape(n * oh * ow, c * kh * kw)
+
+    def describe(self) -> str:
+        kh, kw = self.kernel
+        text = f"conv {kh}x{kw}" + (f"/{self.strides[0]}" if self.strides[0] == self.strides[1]
+                                    else f"/{self.strides[0]}x{self.strides[1]}")
+        return text + (f" g{self.groups}" if self.groups != 1 else "")
+
+
 @dataclass
 class Candidate:
-    """One constant-weight matmul the pass may rewrite."""
+    """One constant-weight matmul (or conv2d, as its im2col matmul) the pass may rewrite."""
 
     index: int
     name: str
-    weight: np.ndarray  # float32 [K, N]
-    rows: int  # M: product of x's leading dims
+    weight: np.ndarray  # float32 [K, N] (conv2d: the OIHW weight as [C·KH·KW, O])
+    rows: int  # M: product of x's leading dims (conv2d: N·OH·OW)
     call: object  # the relax.Call
     chosen: bool = False
     why_dense: str = ""
+    conv: ConvGeometry | None = None  # set for conv2d
+    unsupported: str = ""  # why this layer can never be rewritten (grouped conv)
+
+    @property
+    def op(self) -> str:
+        return self.conv.describe() if self.conv is not None else "matmul"
+
+    def input_matrix(self, x: np.ndarray) -> np.ndarray:
+        """The layer's input value (``call.args[0]``) as the kernel's ``[rows, K]`` operand."""
+        x = np.asarray(x)
+        return self.conv.patches(x) if self.conv is not None else x.reshape(-1, x.shape[-1])
 
 
 def find_candidates(func, names: dict[str, str]) -> list[Candidate]:
-    """Constant-weight float32 matmuls of ``func`` in program order."""
+    """Constant-weight float32 matmuls and conv2ds of ``func`` in program order."""
     from tvm import relax
 
     bindings = {}
@@ -129,7 +185,10 @@ def find_candidates(func, names: dict[str, str]) -> list[Candidate]:
         return None
 
     def visit(expr):
-        if not (isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.matmul"):
+        op = getattr(expr.op, "name", "") if isinstance(expr, relax.Call) else ""
+        if op == "relax.nn.conv2d":
+            return visit_conv(expr)
+        if op != "relax.matmul":
             return
         x, w = expr.args
         dims = _static_shape(x)
@@ -142,8 +201,42 @@ def find_candidates(func, names: dict[str, str]) -> list[Candidate]:
         name = names.get(fingerprint(weight)) or f"matmul_{index}"
         found.append(Candidate(index, name, np.ascontiguousarray(weight), int(np.prod(dims[:-1])), expr))
 
+    def visit_conv(expr):
+        x, w = expr.args
+        if isinstance(w, relax.Var) and w in bindings:
+            w = bindings[w]
+        dims, out = _static_shape(x), _static_shape(expr)
+        a = expr.attrs
+        if not (_is_const(w) and dims is not None and out is not None and len(dims) == 4
+                and str(getattr(x.ty, "dtype", "")) == "float32"
+                and str(getattr(expr.ty, "dtype", "")) == "float32"
+                and str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW"
+                and str(a.out_layout or "NCHW") == "NCHW"):
+            return
+        oihw = w.value.numpy()
+        if oihw.dtype != np.float32 or oihw.ndim != 4:
+            return
+        o, cg, kh, kw = oihw.shape
+        geom = ConvGeometry(dims[0], dims[1], (kh, kw), tuple(int(v) for v in a.strides),
+                            _padding4(a.padding), tuple(int(v) for v in a.dilation),
+                            (out[2], out[3]), int(a.groups))
+        index = len(found)
+        name = names.get(fingerprint(oihw)) or f"conv2d_{index}"
+        rows = geom.batch * out[2] * out[3]
+        cand = Candidate(index, name, np.ascontiguousarray(oihw.reshape(o, cg * kh * kw).T), rows, expr,
+                         conv=geom)
+        if geom.groups != 1:
+            cand.unsupported = "grouped conv"
+        found.append(cand)
+
     relax.analysis.post_order_visit(func, visit)
     return found
+
+
+def _padding4(padding) -> tuple:
+    """Relax conv padding as (top, left, bottom, right)."""
+    p = [int(v) for v in padding]
+    return tuple(p * 4 if len(p) == 1 else p * 2 if len(p) == 2 else p)
 
 
 def _is_const(expr) -> bool:
@@ -160,7 +253,9 @@ def select(candidates: list[Candidate], opts: ShiftAddOptions) -> list[Candidate
                 raise PassError(f"shift-add: {knob} pattern '{p}' matches no layer "
                                 f"(layers: {_layer_list(candidates)})")
     for c in candidates:
-        if opts.layers and not matches(c.name, opts.layers):
+        if c.unsupported:
+            c.why_dense = c.unsupported
+        elif opts.layers and not matches(c.name, opts.layers):
             c.why_dense = "not in layers"
         elif matches(c.name, opts.exclude):
             c.why_dense = "excluded"
@@ -207,6 +302,7 @@ class LayerRewrite:
     weight_rel_l2: float
     probe_cos: float  # output cosine on N(0,1) probe inputs (64 rows)
     ops: dict  # per inference: mult / add / shift / lut
+    op: str = "matmul"  # or the conv ("conv 3x3/2"); k, n, rows are its im2col matmul's
 
 
 def _probe_cos(w: np.ndarray, wq: np.ndarray) -> float:
@@ -235,6 +331,9 @@ def rewrite_weights(c: Candidate, opts: ShiftAddOptions, hessian=None):
 
     w = c.weight
     k, n = w.shape
+    if hessian is not None and np.shape(hessian) != (k, k):
+        raise PassError(f"shift-add: layer '{c.name}': Hessian is {np.shape(hessian)}, the layer's "
+                        f"{c.op} input needs ({k}, {k}) (conv: XᵀX of Candidate.input_matrix)")
     if opts.mode == "pot":
         pw = sam.pot_decompose(w, terms=opts.terms, weight_bits=opts.weight_bits, scale=opts.scale)
         deq = pw.dequantize()
@@ -258,12 +357,13 @@ def rewrite_weights(c: Candidate, opts: ShiftAddOptions, hessian=None):
         after, groups = sam.bcq_weight_bytes(bq), bq.alpha.shape[1]
     err = float(np.linalg.norm(deq - w) / max(np.linalg.norm(w), 1e-30))
     info = LayerRewrite(c.name, k, n, c.rows, func.attrs["accelc.kernel"], w.nbytes, int(after), err,
-                        _probe_cos(w, deq), _op_counts(opts, c.rows, k, n, groups))
+                        _probe_cos(w, deq), _op_counts(opts, c.rows, k, n, groups), c.op)
     return func, args, info
 
 
 # -- the pass --------------------------------------------------------------------------------
-@register("shift-add", ShiftAddOptions)
+@register("shift-add", ShiftAddOptions,
+          calibration=lambda opts: "hessians" if opts.mode == "bcq" else None)
 def shift_add(options: ShiftAddOptions | None = None, hessians: dict | None = None):
     """Multiplications → shifts and adds: PoT/APoT or BCQ reparameterized matmul weights."""
     from . import module_pass
@@ -308,9 +408,16 @@ def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
             x = call.args[0]
             shape = _static_shape(x)
             k, n = cand.weight.shape
-            x2 = self.builder_.emit(relax.op.reshape(x, (cand.rows, k)))
+            if cand.conv is not None:
+                x2 = _emit_patches(self.builder_, x, cand.conv)
+            else:
+                x2 = self.builder_.emit(relax.op.reshape(x, (cand.rows, k)))
             y2 = self.builder_.emit(relax.call_tir(gv, [x2] + [relax.const(a) for a in consts],
                                                    _tensor_type((cand.rows, n), "float32")))
+            if cand.conv is not None:  # rows (n, oh, ow) × channels → NCHW
+                g = cand.conv
+                y4 = self.builder_.emit(relax.op.reshape(y2, (g.batch, g.out_hw[0], g.out_hw[1], n)))
+                return relax.op.permute_dims(y4, [0, 3, 1, 2])
             return relax.op.reshape(y2, shape[:-1] + [n])
 
     rw = Rewriter(mod)
@@ -321,10 +428,25 @@ def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
     record = {"pass": "shift-add", "options": {k: (list(v) if isinstance(v, tuple) else v)
                                                for k, v in asdict(opts).items()},
               "describe": opts.describe(),
-              "dense": [{"name": c.name, "k": int(c.weight.shape[0]), "n": int(c.weight.shape[1]),
+              "dense": [{"name": c.name, "op": c.op, "k": int(c.weight.shape[0]), "n": int(c.weight.shape[1]),
                          "rows": c.rows, "why": c.why_dense} for c in candidates if not c.chosen],
               "layers": [asdict(i) for i in infos]}
     return new.with_attr("accelc.rewrites", json.dumps(_previous(mod) + [record]))
+
+
+def _emit_patches(bb, x, g: ConvGeometry):
+    """The conv input as the ``[N·OH·OW, C·KH·KW]`` patch matrix: a transpose for pointwise
+    convs, else the im2col compute (``schedules.shift_add.im2col``)."""
+    from tvm import relax
+
+    from ..schedules import shift_add as kernels
+
+    rows = g.batch * g.out_hw[0] * g.out_hw[1]
+    if g.pointwise:
+        nhwc = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+        return bb.emit(relax.op.reshape(nhwc, (rows, g.channels)))
+    return bb.emit_te(kernels.im2col, x, g.kernel, g.strides, g.padding, g.dilation, g.out_hw,
+                      primfunc_name_hint="im2col")
 
 
 def _previous(mod) -> list:

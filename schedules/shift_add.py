@@ -13,6 +13,9 @@ a target's schedule rule can recognise it and a simulator can cost it. Weight la
 - BCQ bit-planes: uint8 ``[bits, Kp // 8, N]`` (bit ``j`` of byte ``g`` is input ``8g + j``,
   1 = +1, 0 = -1) and float32 scales ``alpha[bits, G, N]`` per group of ``gs`` inputs.
 
+Convolutions reach these kernels as matmuls of their patch matrix (:func:`im2col`, a plain
+injective compute the target fuses like any legalized op).
+
 The NumPy references live in ``accelc.passes.shift_add_math``; the tests hold the kernels to
 them (integer path bit-exact).
 """
@@ -196,5 +199,35 @@ def bcq_matmul_lut(m: int, k: int, n: int, bits: int, group_size: int) -> tirx.P
     return _named(func, "bcq_matmul_lut", m=m, k=k, n=n, bits=bits, group_size=group_size)
 
 
+def im2col(x: te.Tensor, kernel: tuple, strides: tuple, padding: tuple, dilation: tuple,
+           out_hw: tuple) -> te.Tensor:
+    """Patch matrix of an NCHW conv2d input for the shift-add kernels: ``x`` ``[N, C, H, W]`` →
+    ``[N·OH·OW, C·KH·KW]``, row ``(n, oh, ow)``, column ``(c, kh, kw)`` (the order of an OIHW
+    weight flattened to ``[O, C·KH·KW]``); zero padding folded in (``padding`` is Relax's
+    ``(top, left, bottom, right)``). A plain injective compute: the target fuses and schedules
+    it like any legalized op.
+    """
+    n, c, h, w = (int(d) for d in x.shape)
+    kh, kw = kernel
+    sh, sw = strides
+    pt, pl = padding[0], padding[1]
+    dh, dw = dilation
+    oh, ow = out_hw
+    padded = any(int(p) for p in padding)
+    zero = tirx.const(0.0, x.dtype)
+
+    def value(r, q):
+        b, pix = r // (oh * ow), r % (oh * ow)
+        ch, tap = q // (kh * kw), q % (kh * kw)
+        y = (pix // ow) * sh + (tap // kw) * dh - pt
+        z = (pix % ow) * sw + (tap % kw) * dw - pl
+        if not padded:
+            return x[b, ch, y, z]
+        inside = tirx.all(y >= 0, y < h, z >= 0, z < w)
+        return tirx.if_then_else(inside, x[b, ch, y, z], zero)
+
+    return te.compute((n * oh * ow, c * kh * kw), value, name="im2col")
+
+
 __all__ = ["FLUSH_EXPONENT", "SIGN_INTRINSICS", "TILE_N", "bcq_matmul_lut", "kernel_name", "kernel_param",
-           "pot_matmul_float", "pot_matmul_int"]
+           "im2col", "pot_matmul_float", "pot_matmul_int"]

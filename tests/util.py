@@ -80,3 +80,61 @@ def model_with_escaping_external_data(folder, target: str = "../outside.bin"):
                 e.value = target
     onnx.save(model, str(path))
     return path
+
+
+def attention_model(n=16, d_model=32, heads=2, mask="none", scale_op="Div", probs_output=False,
+                    seed=0) -> onnx.ModelProto:
+    """One multi-head self-attention block as PyTorch exporters write it: x [1, n, d_model] →
+    Q/K/V projections → Reshape/Transpose into heads → MatMul(Q, Kᵀ) → scale → mask → Softmax
+    → MatMul(·, V) → merge heads → output projection.
+
+    ``mask``: "none", "key" (a padding-mask input ``mask`` [1, n] of 0/1 turned into an additive
+    key bias, as HF BERT does), "causal" (GPT-2's Where with a constant lower triangle) or
+    "other" (a constant banded select mask the passes must refuse). ``probs_output`` also
+    returns the softmax probabilities (a site the passes must leave alone)."""
+    rng = np.random.default_rng(seed)
+    dh = d_model // heads
+    w = {name: (rng.standard_normal((d_model, d_model)) / np.sqrt(d_model)).astype("float32")
+         for name in ("wq", "wk", "wv", "wo")}
+    inits = list(w.items()) + [("shape_heads", np.array([1, n, heads, dh], np.int64)),
+                               ("shape_merge", np.array([1, n, d_model], np.int64)),
+                               ("scale", np.array(np.sqrt(dh) if scale_op == "Div" else 1 / np.sqrt(dh), np.float32))]
+    nodes = []
+    for name, wname in (("q", "wq"), ("k", "wk"), ("v", "wv")):
+        nodes += [helper.make_node("MatMul", ["x", wname], [f"{name}_p"], name=f"/attn/{name}_proj/MatMul"),
+                  helper.make_node("Reshape", [f"{name}_p", "shape_heads"], [f"{name}_h"], name=f"/attn/{name}_reshape")]
+    nodes += [
+        helper.make_node("Transpose", ["q_h"], ["q_t"], perm=[0, 2, 1, 3], name="/attn/q_t"),
+        helper.make_node("Transpose", ["k_h"], ["k_t"], perm=[0, 2, 3, 1], name="/attn/k_t"),
+        helper.make_node("Transpose", ["v_h"], ["v_t"], perm=[0, 2, 1, 3], name="/attn/v_t"),
+        helper.make_node("MatMul", ["q_t", "k_t"], ["s0"], name="/attn/qk"),
+        helper.make_node(scale_op, ["s0", "scale"], ["s1"], name="/attn/scale"),
+    ]
+    inputs = [("x", TensorProto.FLOAT, [1, n, d_model])]
+    scores = "s1"
+    if mask == "key":
+        inits += [("one", np.array(1.0, np.float32)), ("neg", np.array(-3.4028234663852886e38, np.float32)),
+                  ("axes12", np.array([1, 2], np.int64))]
+        nodes += [helper.make_node("Unsqueeze", ["mask", "axes12"], ["m4"], name="/mask/unsqueeze"),
+                  helper.make_node("Cast", ["m4"], ["mf"], to=TensorProto.FLOAT, name="/mask/cast"),
+                  helper.make_node("Sub", ["one", "mf"], ["inv"], name="/mask/sub"),
+                  helper.make_node("Mul", ["inv", "neg"], ["bias"], name="/mask/mul"),
+                  helper.make_node("Add", ["s1", "bias"], ["s2"], name="/attn/mask_add")]
+        inputs.append(("mask", TensorProto.INT64, [1, n]))
+        scores = "s2"
+    elif mask in ("causal", "other"):
+        keep = np.tril(np.ones((n, n), bool)) if mask == "causal" else (np.abs(np.subtract.outer(np.arange(n), np.arange(n))) <= 2)
+        inits += [("keep", keep[None, None]), ("fill", np.array(-3.4028234663852886e38, np.float32))]
+        nodes.append(helper.make_node("Where", ["keep", "s1", "fill"], ["s2"], name="/attn/mask_where"))
+        scores = "s2"
+    nodes += [
+        helper.make_node("Softmax", [scores], ["p"], axis=-1, name="/attn/softmax"),
+        helper.make_node("MatMul", ["p", "v_t"], ["o_h"], name="/attn/pv"),
+        helper.make_node("Transpose", ["o_h"], ["o_t"], perm=[0, 2, 1, 3], name="/attn/o_t"),
+        helper.make_node("Reshape", ["o_t", "shape_merge"], ["o_m"], name="/attn/merge"),
+        helper.make_node("MatMul", ["o_m", "wo"], ["y"], name="/attn/out_proj/MatMul"),
+    ]
+    outputs = [("y", TensorProto.FLOAT, [1, n, d_model])]
+    if probs_output:
+        outputs.append(("p", TensorProto.FLOAT, [1, heads, n, n]))
+    return make_model(nodes, inputs, outputs, inits)
