@@ -66,6 +66,18 @@ class PolarizeOptions:
         return f"{how} tau={self.tau}"
 
 
+def pattern_summary(pat) -> dict:
+    """What the report and the artifact keep of a site's pattern: the split, per head."""
+    return {"sparsity": round(pat.achieved_sparsity, 5),
+            "sparsity_per_head": [round(float(x), 5) for x in pat.sparsity],
+            "global_tokens": [int(g) for g in pat.global_tokens],
+            "global_token_ids": [[int(t) for t in pat.perm[hd, :g]] for hd, g in enumerate(pat.gcount)],
+            "nnz_sparse": [int(x) for x in pat.nnz_sparse],
+            "retained_mass": round(float(np.mean(pat.retained_mass)), 5),
+            "retained_mass_per_head": [round(float(x), 5) for x in pat.retained_mass],
+            "dense_ratio": [round(float(x), 4) for x in pat.dense_ratio]}
+
+
 @register("polarize", PolarizeOptions, calibration=lambda _opts: "maps")
 def polarize(options: PolarizeOptions | None = None, maps: dict | None = None):
     """ViTCoD: attention → fixed dense (global tokens) + sparse (CSR) parts, one joint softmax."""
@@ -107,18 +119,16 @@ def run(mod, opts: PolarizeOptions, maps: dict | None = None):
                                    info_cut=opts.info_cut or None,
                                    sparsity=None if opts.info_cut else opts.sparsity,
                                    tau=opts.tau * n, keep_cls=opts.keep_cls, causal=site.causal)
-        nnz = int(pat.indices.shape[0])
-        func = kernels.polarized_attention(b, h, n, d, max(nnz, 1), site.scale, causal=site.causal,
-                                           key_bias=site.key_bias is not None)
+        kargs = pat.kernel_args()
+        func = kernels.polarized_attention(b, h, n, d, int(kargs[3].shape[0]), site.scale,
+                                           causal=site.causal, key_bias=site.key_bias is not None)
         gv = bb.add_func(func.without_attr("global_symbol"), "polarized_attention")
         args = [site.q, key_transposed(bb, site), site.v]
         if site.key_bias is not None:
             args.append(key_bias_2d(bb, site))
-        indices = pat.indices if nnz else np.zeros(1, np.int32)
-        args += [relax.const(pat.perm.astype(np.int32)), relax.const(pat.gcount.astype(np.int32)),
-                 relax.const(pat.indptr.astype(np.int32)), relax.const(indices.astype(np.int32))]
+        args += [relax.const(np.ascontiguousarray(a, dtype=np.int32)) for a in kargs]
         rec = site_record(site)
-        rec.update({"kernel": "polarized_attention", **pm.pattern_summary(pat),
+        rec.update({"kernel": "polarized_attention", **pattern_summary(pat),
                     "macs_before": int(pm.dense_attention_macs(n, d, h, b)),
                     "macs_after": int(pm.polarized_macs(pat, d, b))})
         infos[site.name] = rec

@@ -1,0 +1,108 @@
+"""polarize and linearize as graph passes: exact against their own references on a real
+exported attention block, skipped sites left alone with a notice, zoo models end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from accelc.compiler import calibrate, pipeline
+from accelc.compiler.frontend import import_model
+from accelc.compiler.runtime import CompiledModel
+from accelc.errors import PassError
+from accelc.passes import linear_attention_math as lam
+from accelc.passes import polarize_math as pm
+from accelc.tests.util import attention_model
+
+N, D_MODEL, HEADS = 24, 32, 2
+
+
+def _weights(model):
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _qkv(model, x):
+    """The block's Q, K, V as [1, H, N, d] from its weights (the exporter's own math)."""
+    w = _weights(model)
+    dh = D_MODEL // HEADS
+    split = lambda a: a.reshape(1, N, HEADS, dh).transpose(0, 2, 1, 3)  # noqa: E731
+    return split(x @ w["wq"]), split(x @ w["wk"]), split(x @ w["wv"]), w["wo"]
+
+
+def _merge(o, wo):
+    return o.transpose(0, 2, 1, 3).reshape(1, N, D_MODEL) @ wo
+
+
+def _feeds(mask, seed):
+    rng = np.random.default_rng(seed)
+    feeds = {"x": rng.standard_normal((1, N, D_MODEL)).astype(np.float32)}
+    if mask == "key":
+        m = np.ones((1, N), np.int64)
+        m[0, -5:] = 0  # padded tail
+        feeds["mask"] = m
+    return feeds
+
+
+def _run(imported, mod, feeds):
+    ex, meta = pipeline.build(dataclasses.replace(imported, mod=mod))
+    return CompiledModel(ex, meta, executable=ex).run(feeds)["y"]
+
+
+def _record(mod, name):
+    return [r for r in json.loads(str(mod.attrs["accelc.rewrites"])) if r["pass"] == name][-1]
+
+
+def _key_bias(feeds):
+    return None if "mask" not in feeds else np.where(feeds["mask"] == 0, np.float32(-3.4028234663852886e38), 0).astype(np.float32)
+
+
+@pytest.mark.parametrize("mask", ["none", "key", "causal"])
+def test_polarized_model_equals_masked_softmax_reference(mask):
+    model = attention_model(n=N, d_model=D_MODEL, heads=HEADS, mask=mask)
+    imported = import_model(model)
+    calib = [_feeds(mask, s) for s in (1, 2, 3)]
+    maps = calibrate.attention_maps(imported, calib)
+    mod, _ = pipeline.apply_passes(imported, ["polarize:sparsity=0.8"], calibration=calib)
+    rec = _record(mod, "polarize")["sites"][0]
+    # Global columns join the dense part, so the effective sparsity is below the target.
+    assert rec["name"] == "/attn" and 0.2 < rec["sparsity"] <= 0.8
+    feeds = _feeds(mask, 0)
+    got = _run(imported, mod, feeds)
+    pat = pm.pattern_from_maps(maps["/attn"], sparsity=0.8, tau=0.25 * N, causal=mask == "causal")
+    assert rec["global_tokens"] == [int(g) for g in pat.gcount]
+    q, k, v, wo = _qkv(model, feeds["x"])
+    o = pm.masked_attention_ref(q, k, v, pat.mask, 1 / np.sqrt(D_MODEL // HEADS),
+                                key_bias=_key_bias(feeds), causal=mask == "causal")
+    want = _merge(o, wo)
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+
+
+def test_polarize_keeping_everything_is_the_original_model():
+    from accelc.tests.util import ort_run
+
+    model = attention_model(n=N, d_model=D_MODEL, heads=HEADS, mask="key")
+    imported = import_model(model)
+    calib = [_feeds("key", 1)]
+    mod, _ = pipeline.apply_passes(imported, ["polarize:sparsity=0.0"], calibration=calib)
+    assert _record(mod, "polarize")["sites"][0]["sparsity"] == 0.0
+    feeds = _feeds("key", 0)
+    np.testing.assert_allclose(_run(imported, mod, feeds), ort_run(model, feeds)["y"], rtol=1e-4, atol=1e-5)
+
+
+def test_polarize_needs_calibration_and_refuses_unprovable_sites(capsys):
+    imported = import_model(attention_model(n=N, d_model=D_MODEL, heads=HEADS))
+    with pytest.raises(PassError, match="needs calibrated attention maps"):
+        pipeline.apply_passes(imported, ["polarize"])
+    other = import_model(attention_model(n=N, d_model=D_MODEL, heads=HEADS, mask="other"))
+    mod, _ = pipeline.apply_passes(other, ["polarize"], calibration=[_feeds("none", 1)])
+    assert mod.same_as(other.mod) or "accelc.rewrites" not in (mod.attrs or {})
+    err = capsys.readouterr().err
+    assert "attention_0 left as is: a constant select mask that is neither all-true nor causal" in err
+    assert "polarize: nothing to rewrite" in err
+    with pytest.raises(PassError, match="sparsity must be in"):
+        pipeline.apply_passes(imported, ["polarize:sparsity=1.5"])
