@@ -11,7 +11,8 @@ Rewrite: ``call_tir(linear_attention, q, k, v[, key_bias][, gate])`` replacing `
 - ``variant=castling``: the paper's form ``o = 0.5·V + q̂(k̂ᵀV)/π`` then ``o/‖o‖`` (its DWConv
   branch is zero post-training); non-causal sites only.
 - ``local=softmax`` (the calibration knob): exact softmax inside each query's chunk, the
-  linear kernel for the far keys, mixed by each head's calibrated local attention mass.
+  linear kernel for the far keys, mixed per head and query row by the calibrated softmax mass
+  inside the chunk (a part whose keys are all masked drops out).
 
 A key-bias mask ``b_j`` weights key ``j`` by ``exp(b_j)`` in the linear forms (exact for 0/−∞
 padding masks). Knobs: the options below; ``layers``/``exclude`` patterns over site names
@@ -71,20 +72,19 @@ class LinearizeOptions:
 
 
 def local_gates(avg_map: np.ndarray, chunk: int, causal: bool) -> np.ndarray:
-    """Per head: the mean softmax mass inside each query's local chunk, over the rows that also
-    have far keys (the gate mixing exact local softmax with the linear far part)."""
+    """``[H, N]``: each head's and query row's calibrated softmax mass inside the row's local
+    chunk — the gate mixing exact local softmax with the linear far part.
+
+    Per row, not per head: the local mass depends strongly on the position (the CLS row, rows
+    next to padding, the first causal chunk), and a per-head mean over rows mixes them.
+    """
     h, n, _ = avg_map.shape
-    rows, masses = [], []
+    gates = np.ones((h, n), np.float32)
     for i in range(n):
         c0 = (i // chunk) * chunk
         local = slice(c0, i + 1) if causal else slice(c0, min(c0 + chunk, n))
-        has_far = c0 > 0 if causal else n > chunk
-        if has_far:
-            rows.append(i)
-            masses.append(avg_map[:, i, local].sum(axis=-1))
-    if not rows:
-        return np.ones(h, np.float32)
-    return np.clip(np.mean(masses, axis=0), 0.0, 1.0).astype(np.float32)
+        gates[:, i] = avg_map[:, i, local].sum(axis=-1)
+    return np.clip(gates, 0.0, 1.0)
 
 
 @register("linearize", LinearizeOptions,
@@ -144,7 +144,7 @@ def run(mod, opts: LinearizeOptions, maps: dict | None = None):
         rec = site_record(site)
         rec.update({"kernel": "linear_attention", "variant": opts.variant, "chunk": opts.chunk,
                     "local": opts.local,
-                    "gate": None if gate is None else [round(float(g), 4) for g in gate],
+                    "gate_mean": None if gate is None else [round(float(g), 4) for g in gate.mean(axis=1)],
                     "macs_before": int(b * h * lam.softmax_attention_macs(n, d)),
                     "macs_after": int(b * h * lam.linear_attention_macs(
                         n, d, opts.variant, site.causal, opts.chunk, opts.local == "softmax"))})

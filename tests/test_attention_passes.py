@@ -106,3 +106,51 @@ def test_polarize_needs_calibration_and_refuses_unprovable_sites(capsys):
     assert "polarize: nothing to rewrite" in err
     with pytest.raises(PassError, match="sparsity must be in"):
         pipeline.apply_passes(imported, ["polarize:sparsity=1.5"])
+
+
+@pytest.mark.parametrize("mask, spec", [
+    ("none", "linearize:keep_last=0"),
+    ("key", "linearize:keep_last=0,variant=castling"),
+    ("causal", "linearize:keep_last=0,chunk=8"),
+    ("key", "linearize:keep_last=0,local=softmax,chunk=8"),
+    ("causal", "linearize:keep_last=0,local=softmax,chunk=8"),
+])
+def test_linearized_model_equals_its_explicit_reference(mask, spec):
+    """The rewritten block equals the explicit O(N²) kernel-matrix form of the same attention
+    (computed in NumPy from the block's weights), with the gates calibrated by the driver."""
+    model = attention_model(n=N, d_model=D_MODEL, heads=HEADS, mask=mask)
+    imported = import_model(model)
+    calib = [_feeds(mask, s) for s in (1, 2)]
+    mod, _ = pipeline.apply_passes(imported, [spec], calibration=calib)
+    rec = _record(mod, "linearize")["sites"][0]
+    assert rec["causal"] is (mask == "causal") and rec["macs_after"] > 0
+    feeds = _feeds(mask, 0)
+    got = _run(imported, mod, feeds)
+    q, k, v, wo = _qkv(model, feeds["x"])
+    gate = None
+    if rec["local"] == "softmax":
+        from accelc.passes.linearize import local_gates
+
+        maps = calibrate.attention_maps(imported, calib)
+        gate = local_gates(maps["/attn"], rec["chunk"], mask == "causal")
+        np.testing.assert_allclose(rec["gate_mean"], gate.mean(axis=1), atol=1e-4)
+    o = lam.linear_attention_reference(q, k, v, variant=rec["variant"], causal=mask == "causal",
+                                       chunk=rec["chunk"], local=rec["local"] == "softmax",
+                                       scale=1 / np.sqrt(D_MODEL // HEADS), key_bias=_key_bias(feeds),
+                                       gate=gate)
+    want = _merge(o, wo)
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+
+
+def test_linearize_knobs_and_notices(capsys):
+    causal = import_model(attention_model(n=N, d_model=D_MODEL, heads=HEADS, mask="causal"))
+    mod, _ = pipeline.apply_passes(causal, ["linearize:keep_last=0,variant=castling"])
+    assert "castling form is non-causal" in capsys.readouterr().err
+    mod, _ = pipeline.apply_passes(causal, ["linearize"])  # keep_last=1: the only site stays
+    assert "linearize: nothing to rewrite" in capsys.readouterr().err
+    with pytest.raises(PassError, match="local=softmax needs calibrated attention maps"):
+        pipeline.apply_passes(causal, ["linearize:keep_last=0,local=softmax"])
+    with pytest.raises(PassError, match="variant must be one of angular, castling"):
+        pipeline.apply_passes(causal, ["linearize:variant=yoso"])
+    with pytest.raises(PassError, match="layers pattern 'x' matches no attention site"):
+        pipeline.apply_passes(causal, ["linearize:layers=x"])

@@ -5,6 +5,7 @@ import sys
 
 from tvm.s_tir import dlight as dl
 
+from .attention_linear import LinearAttentionKernels
 from .attention_sparse import PolarizedAttentionKernels
 from .base import CpuShape, cpu_shape
 from .conv import Conv2dNHWC
@@ -41,12 +42,13 @@ class Guarded(dl.ScheduleRule):
 
 def default_rules() -> list[dl.ScheduleRule]:
     """The rules ``targets.cpu`` applies to every PrimFunc no tuning record covers."""
-    rules = (ShiftAddKernels(), PolarizedAttentionKernels(), Conv2dNHWC(), Matmul(), RowReduction(), WindowReduction(), dl.cpu.Reduction(), Injective(), Fallback())
+    rules = (ShiftAddKernels(), PolarizedAttentionKernels(), LinearAttentionKernels(), Conv2dNHWC(), Matmul(), RowReduction(), WindowReduction(), dl.cpu.Reduction(), Injective(), Fallback())
     return [Guarded(r) for r in rules]
 
 
 __all__ = [
-    "Conv2dNHWC", "CpuShape", "Fallback", "Guarded", "Injective", "Matmul", "PolarizedAttentionKernels",
+    "Conv2dNHWC", "CpuShape", "Fallback", "Guarded", "Injective", "LinearAttentionKernels", "Matmul",
+    "PolarizedAttentionKernels",
     "RowReduction", "ShiftAddKernels",
     "WindowReduction", "cpu_shape", "default_rules",
 ]
