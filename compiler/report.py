@@ -117,10 +117,50 @@ def fidelity_report(model, passes: Sequence, input_shapes=None, feeds: Mapping |
         "rewrites": records,
         "totals": summarize(records),
     }
+    if any("sites" in r for r in records):
+        site_output_cosines(imported, mod, feeds, records)
     if timing_repeat:
         report["latency_ms"] = {"original": base.benchmark(feeds, repeat=timing_repeat).median_ms,
                                 "rewritten": new.benchmark(feeds, repeat=timing_repeat).median_ms}
     return report
+
+
+_ATTENTION_KERNELS = ("linear_attention", "polarized_attention")
+
+
+def site_output_cosines(imported, mod, feeds, records) -> None:
+    """Adds ``output_cos`` to every rewritten attention site: the cosine between the site's
+    output (``P·V``, [B, H, N, d]) in the rewritten model and in the original, on ``feeds``
+    (errors of earlier rewritten sites included: what the layer really sees)."""
+    from tvm import relax
+
+    from ..passes.attention import find_sites
+    from ..passes.naming import module_weight_names
+    from .calibrate import run_tapped
+
+    sites = [s for r in records for s in r.get("sites", [])]
+    if not sites:
+        return
+    wanted = [s["name"] for s in sites]
+    original = {s.name: s.output[0] for s in find_sites(imported.mod["main"], module_weight_names(imported.mod))
+                if s.matched}
+    calls = []
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                callee = mod[v.args[0]] if v.args[0] in mod.get_global_vars() else None
+                kernel = callee.attrs.get("accelc.kernel") if callee is not None and callee.attrs else None
+                if kernel is not None and str(kernel) in _ATTENTION_KERNELS:
+                    calls.append(b.var)
+    if len(calls) != len(wanted) or any(n not in original for n in wanted):
+        return  # several attention passes stacked: the mapping is not one to one
+    got: dict = {}
+    want: dict = {}
+    run_tapped(imported, [original[n] for n in wanted], [feeds], lambda i, x: want.__setitem__(i, x))
+    run_tapped(dataclasses.replace(imported, mod=mod), calls, [feeds], lambda i, x: got.__setitem__(i, x))
+    for i, site in enumerate(sites):
+        site["output_cos"] = round(_cos(want[i], got[i]), 6)
 
 
 def _fmt_count(v: float) -> str:
@@ -137,14 +177,15 @@ def _format_attention(rec: dict) -> list[str]:
            f"{len(rec.get('kept', []))} left as softmax"
            + (f" ({', '.join(sorted({k['why'] for k in rec['kept']}))})" if rec.get("kept") else "")]
     polar = rec["pass"] == "polarize"
-    head = f"  {'site':<40}{'H×N×d':>13}{'MACs':>19}"
+    head = f"  {'site':<40}{'H×N×d':>13}{'MACs':>19}{'out cos':>9}"
     head += f"{'sparsity':>10}{'|G| per head':>16}{'mass kept':>11}" if polar else f"{'form':>22}"
     out.append(head)
     for s in sites:
         name = s["name"] if len(s["name"]) <= 39 else "…" + s["name"][-38:]
         shape = f"{s['heads']}×{s['tokens']}×{s['head_dim']}"
         macs = f"{_fmt_count(s['macs_before'])}→{_fmt_count(s['macs_after'])}"
-        line = f"  {name:<40}{shape:>13}{macs:>19}"
+        cos = f"{s['output_cos']:.4f}" if "output_cos" in s else "-"
+        line = f"  {name:<40}{shape:>13}{macs:>19}{cos:>9}"
         if polar:
             g = s.get("global_tokens", [])
             gtxt = ",".join(map(str, g[:4])) + ("…" if len(g) > 4 else "")

@@ -154,3 +154,28 @@ def test_linearize_knobs_and_notices(capsys):
         pipeline.apply_passes(causal, ["linearize:variant=yoso"])
     with pytest.raises(PassError, match="layers pattern 'x' matches no attention site"):
         pipeline.apply_passes(causal, ["linearize:layers=x"])
+
+
+def test_model_without_attention_compiles_unchanged_with_a_notice(capsys):
+    from accelc.tests.util import mlp_model
+
+    imported = import_model(mlp_model(batch=2))
+    for spec in ("linearize", "polarize"):
+        mod, _ = pipeline.apply_passes(imported, [spec], calibration=[{"x": np.zeros((2, 16), np.float32)}])
+        assert mod.same_as(imported.mod)
+        assert f"{spec}: nothing to rewrite (0 attention sites" in capsys.readouterr().err
+
+
+def test_report_cli_prints_the_attention_table(tmp_path, capsys):
+    """`accelc report` on a zoo model calibrates on seeds 1..N and prints per-site rows."""
+    from accelc.compiler.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["report", "gpt2-like", "--passes", "polarize:sparsity=0.5", "--repeat", "0",
+                 "--calib-samples", "2", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "polarize (sparsity=0.5 tau=0.25): 4 attention sites rewritten" in text
+    assert "/transformer/h.3/attn" in text and "mass kept" in text and "out cos" in text
+    site = json.loads(out.read_text())["rewrites"][0]["sites"][0]
+    assert 0 < site["sparsity"] < 0.5 and len(site["global_tokens"]) == 6
+    assert 0.5 < site["output_cos"] <= 1.0
