@@ -179,3 +179,41 @@ def test_report_cli_prints_the_attention_table(tmp_path, capsys):
     site = json.loads(out.read_text())["rewrites"][0]["sites"][0]
     assert 0 < site["sparsity"] < 0.5 and len(site["global_tokens"]) == 6
     assert 0.5 < site["output_cos"] <= 1.0
+
+
+def test_minilm_attention_rewrites_held_out():
+    """The real MiniLM, calibrated on four reference sentences and compared on the other four
+    (measured: polarize 80% min sentence cosine 0.869, linearize 0.644, linearize with exact
+    local softmax in 8-token chunks 0.949; related pairs stay on top in all three)."""
+    import accelc
+    from accelc.models import minilm
+    from accelc.tests.test_models import REFERENCE
+    from accelc.tests.util import require_minilm
+
+    require_minilm()
+    sentences = REFERENCE["sentences"]
+    proto = minilm.build_minilm(seq=32, batch=4)
+    calib, feeds = [minilm.tokenize(sentences[:4], seq=32)], minilm.tokenize(sentences[4:8], seq=32)
+    imported = import_model(proto)
+    ref = accelc.compile(proto).run(feeds)["sentence_embedding"]
+    worst = {}
+    for spec in ("polarize:sparsity=0.8", "linearize", "linearize:local=softmax,chunk=8"):
+        mod, _ = pipeline.apply_passes(imported, [spec], calibration=calib)
+        sites = json.loads(str(mod.attrs["accelc.rewrites"]))[-1]["sites"]
+        assert len(sites) == (6 if spec.startswith("polarize") else 5)  # linearize keeps the last
+        emb = _run_named(imported, mod, feeds, "sentence_embedding")
+        cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
+        worst[spec] = cos.min()
+        sim = emb @ emb.T
+        for p in range(2):
+            unrelated = max(sim[2 * p, j] for j in range(4) if j // 2 != p)
+            assert sim[2 * p, 2 * p + 1] > unrelated + 0.2, spec
+    assert worst["polarize:sparsity=0.8"] >= 0.85, worst
+    assert worst["linearize:local=softmax,chunk=8"] >= 0.93, worst
+    # The calibration knob is worth it: exact local softmax beats pure linearization by far.
+    assert worst["linearize:local=softmax,chunk=8"] > worst["linearize"] + 0.2, worst
+
+
+def _run_named(imported, mod, feeds, output):
+    ex, meta = pipeline.build(dataclasses.replace(imported, mod=mod))
+    return CompiledModel(ex, meta, executable=ex).run(feeds)[output]
