@@ -15,12 +15,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 
 import numpy as np
 
-from .bench_models import _timer
+from .bench_models import interleaved_medians
 
 
 def _module(h: int, n: int, d: int, causal: bool):
@@ -109,11 +108,7 @@ def main(argv=None) -> int:
             macs[name] = rec["macs_after"]
             runs[name] = accelc.compile(rewritten)
         calls = {name: (lambda cm=cm: cm.run(feeds)) for name, cm in runs.items()}
-        times = {name: [] for name in calls}
-        for _ in range(args.rounds):
-            for name, fn in calls.items():
-                times[name].append(_timer(fn, 0.2) * 1e3)
-        med = {name: statistics.median(v) for name, v in times.items()}
+        med = interleaved_medians(calls, args.rounds)
         results[n] = {"median_ms": med, "macs": macs}
         print(f"\nN={n}")
         print(f"  {'variant':<14}{'median ms':>11}{'vs softmax':>12}{'MACs':>12}")

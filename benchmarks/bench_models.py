@@ -31,6 +31,18 @@ def _timer(fn, budget: float):
     return (time.perf_counter() - t0) / n
 
 
+def interleaved_medians(calls: dict, rounds: int, budget: float = 0.2) -> dict:
+    """Median ms per call of each ``calls[name]()``: every round times each variant back to
+    back for ≥ ``budget`` seconds, so machine noise hits all variants alike."""
+    import statistics
+
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            times[name].append(_timer(fn, budget) * 1e3)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def _stock(proto, feeds, threads):
     """Plain TVM: from_onnx + tvm.compile (legalize only; no fusion, no schedule)."""
     import tvm

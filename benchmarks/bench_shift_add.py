@@ -15,12 +15,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 
 import numpy as np
 
-from .bench_models import _timer
+from .bench_models import interleaved_medians
 
 SHAPES = {  # name: (M, K, N)
     "gemv-4096": (1, 4096, 4096),
@@ -99,11 +98,7 @@ def main(argv=None) -> int:
         sess = _ort_matmul(w, args.threads)
         calls = {name: (lambda cm=cm: cm.run({"x": x})) for name, cm in runs.items()}
         calls["ort-fp32"] = lambda: sess.run(None, {"x": x})
-        times = {name: [] for name in calls}
-        for _ in range(args.rounds):
-            for name, fn in calls.items():
-                times[name].append(_timer(fn, 0.2) * 1e3)
-        med = {name: statistics.median(v) for name, v in times.items()}
+        med = interleaved_medians(calls, args.rounds)
         results[shape] = {"mkn": [m, k, n], "median_ms": med, "weight_bytes": weight_bytes}
         print(f"\n{shape} (M={m}, K={k}, N={n})")
         print(f"  {'variant':<12}{'median ms':>11}{'speedup':>15}{'weight MB':>11}")

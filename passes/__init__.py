@@ -68,6 +68,36 @@ def module_pass(name: str):
     return wrap
 
 
+def check_knobs(options, checks) -> None:
+    """Raise ``ValueError("knob must be WANT, got VALUE")`` for the first failed check;
+    ``checks`` is ``[(knob, ok, want), ...]`` (the registry reports it as a PassError)."""
+    for knob, ok, want in checks:
+        if not ok:
+            raise ValueError(f"{knob} must be {want}, got {getattr(options, knob)!r}")
+
+
+def replace_calls(mod, targets: dict, emit):
+    """``mod`` with each Relax call in ``targets`` (call → context) replaced by
+    ``emit(builder, call, context, remap)`` — ``call`` with its arguments already rewritten,
+    ``remap(expr)`` the rewritten form of any other expression of the original function — in
+    every Relax function; what the replacements leave dead is removed."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class Rewriter(PyExprMutator):
+        def visit_call_(self, call):  # noqa: D102
+            context = targets.get(call)
+            call = self.visit_expr_post_order(call)
+            return call if context is None else emit(self.builder_, call, context, self.visit_expr)
+
+    rw = Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rw.builder_.update_func(gv, rw.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rw.builder_.get())
+
+
 def take_error() -> PassError | None:
     """The PassError the last failing accelc pass raised (once), if any."""
     return _LAST_ERROR.pop() if _LAST_ERROR else None

@@ -19,6 +19,7 @@ never change what the model computes beyond the rewrite's own approximation.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 
@@ -350,25 +351,15 @@ def notice_skipped(pass_name: str, sites: list[AttentionSite], stream=None) -> N
 def rewrite_sites(mod, chosen: list[AttentionSite], emit) -> object:
     """``mod`` with each chosen site's ``matmul(P, V)`` replaced by ``emit(bb, site)`` (an
     expression of the same [B, H, N, d] type); the now-dead score/softmax chain is removed."""
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
+    from . import replace_calls
 
-    by_call = {s.output[1]: s for s in chosen}
+    def emit_site(bb, _call, site, remap):
+        # The site's Q, Kᵀ, V and bias as the rewritten function sees them.
+        view = dataclasses.replace(site, q=remap(site.q), k_t=remap(site.k_t), v=remap(site.v),
+                                   key_bias=None if site.key_bias is None else remap(site.key_bias))
+        return emit(bb, view)
 
-    @mutator
-    class Rewriter(PyExprMutator):
-        def visit_call_(self, call):  # noqa: D102
-            site = by_call.get(call)
-            call = self.visit_expr_post_order(call)
-            if site is None:
-                return call
-            return emit(self.builder_, site)
-
-    rw = Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rw.builder_.update_func(gv, rw.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(rw.builder_.get())
+    return replace_calls(mod, {s.output[1]: s for s in chosen}, emit_site)
 
 
 def append_record(old_mod, new_mod, record: dict):

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import PassError
-from . import register
+from . import check_knobs, register
 from .attention import (append_record, find_sites, key_bias_2d, key_transposed, notice_skipped,
                         rewrite_sites, select_sites, site_record, skipped_records)
 from .naming import module_weight_names
@@ -59,9 +59,7 @@ class LinearizeOptions:
             ("local", self.local in LOCALS, f"one of {', '.join(LOCALS)}"),
             ("keep_last", self.keep_last >= 0, "≥ 0"),
         ]
-        for knob, ok, want in checks:
-            if not ok:
-                raise ValueError(f"{knob} must be {want}, got {getattr(self, knob)!r}")
+        check_knobs(self, checks)
         if self.variant == "castling" and self.local != "none":
             raise ValueError("local must be none with variant=castling (the paper form has no local part)")
         object.__setattr__(self, "layers", _patterns(self.layers))

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import PassError
-from . import register
+from . import check_knobs, register
 from .attention import (append_record, find_sites, key_bias_2d, key_transposed, notice_skipped,
                         rewrite_sites, select_sites, site_record, skipped_records)
 from .naming import module_weight_names
@@ -55,9 +55,7 @@ class PolarizeOptions:
             ("tau", 0.0 <= self.tau <= 1.0, "in [0, 1] (a fraction of the tokens)"),
             ("keep_last", self.keep_last >= 0, "≥ 0"),
         ]
-        for knob, ok, want in checks:
-            if not ok:
-                raise ValueError(f"{knob} must be {want}, got {getattr(self, knob)!r}")
+        check_knobs(self, checks)
         object.__setattr__(self, "layers", _patterns(self.layers))
         object.__setattr__(self, "exclude", _patterns(self.exclude))
 

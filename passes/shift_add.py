@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import PassError
-from . import register
+from . import check_knobs, register, replace_calls
 from . import shift_add_math as sam
 from .naming import fingerprint, matches, module_weight_names
 
@@ -79,9 +79,7 @@ class ShiftAddOptions:
             ("apot_terms", self.apot_terms in (0, 1, 2, 3), "0 (float alpha), 1, 2 or 3"),
             ("rounds", self.rounds >= 0, "≥ 0"),
         ]
-        for knob, ok, want in checks:
-            if not ok:
-                raise ValueError(f"{knob} must be {want}, got {getattr(self, knob)!r}")
+        check_knobs(self, checks)
         object.__setattr__(self, "layers", _patterns(self.layers))
         object.__setattr__(self, "exclude", _patterns(self.exclude))
 
@@ -380,7 +378,6 @@ def shift_add(options: ShiftAddOptions | None = None, hessians: dict | None = No
 def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
     """The pass body on an IRModule (see the module docstring)."""
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
         raise PassError("shift-add: the module has no 'main' function")
@@ -392,39 +389,28 @@ def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
         print(f"accelc: shift-add: nothing to rewrite ({len(candidates)} constant-weight matmuls, "
               f"none selected); the model compiles unchanged", file=sys.stderr)
         return mod
-    by_call = {c.call: c for c in chosen}
     infos: list[LayerRewrite] = []
 
-    @mutator
-    class Rewriter(PyExprMutator):
-        def visit_call_(self, call):  # noqa: D102
-            cand = by_call.get(call)
-            call = self.visit_expr_post_order(call)
-            if cand is None:
-                return call
-            func, consts, info = rewrite_weights(cand, opts, (hessians or {}).get(cand.name))
-            infos.append(info)
-            gv = self.builder_.add_func(func.without_attr("global_symbol"), info.kernel)
-            x = call.args[0]
-            shape = _static_shape(x)
-            k, n = cand.weight.shape
-            if cand.conv is not None:
-                x2 = _emit_patches(self.builder_, x, cand.conv)
-            else:
-                x2 = self.builder_.emit(relax.op.reshape(x, (cand.rows, k)))
-            y2 = self.builder_.emit(relax.call_tir(gv, [x2] + [relax.const(a) for a in consts],
-                                                   _tensor_type((cand.rows, n), "float32")))
-            if cand.conv is not None:  # rows (n, oh, ow) × channels → NCHW
-                g = cand.conv
-                y4 = self.builder_.emit(relax.op.reshape(y2, (g.batch, g.out_hw[0], g.out_hw[1], n)))
-                return relax.op.permute_dims(y4, [0, 3, 1, 2])
-            return relax.op.reshape(y2, shape[:-1] + [n])
+    def emit(bb, call, cand, _remap):
+        func, consts, info = rewrite_weights(cand, opts, (hessians or {}).get(cand.name))
+        infos.append(info)
+        gv = bb.add_func(func.without_attr("global_symbol"), info.kernel)
+        x = call.args[0]
+        shape = _static_shape(x)
+        k, n = cand.weight.shape
+        if cand.conv is not None:
+            x2 = _emit_patches(bb, x, cand.conv)
+        else:
+            x2 = bb.emit(relax.op.reshape(x, (cand.rows, k)))
+        y2 = bb.emit(relax.call_tir(gv, [x2] + [relax.const(a) for a in consts],
+                                    _tensor_type((cand.rows, n), "float32")))
+        if cand.conv is not None:  # rows (n, oh, ow) × channels → NCHW
+            g = cand.conv
+            y4 = bb.emit(relax.op.reshape(y2, (g.batch, g.out_hw[0], g.out_hw[1], n)))
+            return relax.op.permute_dims(y4, [0, 3, 1, 2])
+        return relax.op.reshape(y2, shape[:-1] + [n])
 
-    rw = Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rw.builder_.update_func(gv, rw.visit_expr(func))
-    new = relax.transform.DeadCodeElimination()(rw.builder_.get())
+    new = replace_calls(mod, {c.call: c for c in chosen}, emit)
     record = {"pass": "shift-add", "options": {k: (list(v) if isinstance(v, tuple) else v)
                                                for k, v in asdict(opts).items()},
               "describe": opts.describe(),
