@@ -68,6 +68,17 @@ def module_pass(name: str):
     return wrap
 
 
+def static_shape(expr) -> list[int] | None:
+    """A Relax expression's static shape as ints (None when unknown or symbolic)."""
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    if shape is None:
+        return None
+    try:
+        return [int(d) for d in (shape.values if hasattr(shape, "values") else shape)]
+    except (TypeError, AttributeError):
+        return None
+
+
 def check_knobs(options, checks) -> None:
     """Raise ``ValueError("knob must be WANT, got VALUE")`` for the first failed check;
     ``checks`` is ``[(knob, ok, want), ...]`` (the registry reports it as a PassError)."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import static_shape
+
 #: Additive / select masks at or below this count as −∞ (HF writes finfo.min, others −1e4).
 _NEG_BIG = -1e4
 
@@ -63,16 +65,6 @@ def _op(expr) -> str:
     from tvm import relax
 
     return str(expr.op.name) if isinstance(expr, relax.Call) and hasattr(expr.op, "name") else ""
-
-
-def _shape(expr) -> list[int] | None:
-    shape = getattr(getattr(expr, "ty", None), "shape", None)
-    if shape is None:
-        return None
-    try:
-        return [int(d) for d in (shape.values if hasattr(shape, "values") else shape)]
-    except (TypeError, AttributeError):
-        return None
 
 
 def _dtype(expr) -> str:
@@ -153,7 +145,7 @@ def find_sites(func, weight_names: dict | None = None) -> list[AttentionSite]:
 def _match(g: _Graph, p_var, softmax, users, site: AttentionSite) -> None:
     from tvm import relax
 
-    s_shape = _shape(softmax)
+    s_shape = static_shape(softmax)
     if s_shape is None or len(s_shape) != 4:
         site.skip = f"scores of shape {s_shape} (need static [B, H, N, N])"
         return
@@ -167,7 +159,7 @@ def _match(g: _Graph, p_var, softmax, users, site: AttentionSite) -> None:
     out_var, pv = users[0]
     v = pv.args[1]
     b, h, n, n2 = s_shape
-    v_shape = _shape(v)
+    v_shape = static_shape(v)
     if n != n2 or v_shape is None or v_shape[:3] != [b, h, n] or _dtype(softmax) != "float32":
         site.skip = f"P·V with P {s_shape}, V {v_shape} is not square self-attention"
         return
@@ -193,7 +185,7 @@ def _match(g: _Graph, p_var, softmax, users, site: AttentionSite) -> None:
     if _op(expr) == "relax.add":
         lhs, rhs = expr.args
         bias, scores = (rhs, lhs) if _op(g.resolve(lhs)) in ("relax.matmul", "relax.multiply", "relax.divide") else (lhs, rhs)
-        bshape = _shape(bias)
+        bshape = static_shape(bias)
         const = _const(bias)
         if bshape is None or len(bshape) != 4 or _dtype(bias) != "float32":
             site.skip = f"an additive mask of shape {bshape}"
@@ -225,8 +217,8 @@ def _match(g: _Graph, p_var, softmax, users, site: AttentionSite) -> None:
         site.skip = f"scores come from {_op(expr) or type(expr).__name__}, not matmul(Q, Kᵀ)"
         return
     q, k_t = expr.args
-    if _shape(q) != [b, h, n, d] or _shape(k_t) != [b, h, d, n]:
-        site.skip = f"Q·Kᵀ with Q {_shape(q)}, Kᵀ {_shape(k_t)} (need [B, H, N, d]·[B, H, d, N])"
+    if static_shape(q) != [b, h, n, d] or static_shape(k_t) != [b, h, d, n]:
+        site.skip = f"Q·Kᵀ with Q {static_shape(q)}, Kᵀ {static_shape(k_t)} (need [B, H, N, d]·[B, H, d, N])"
         return
     if isinstance(v, relax.Var) and not _dtype(v) == "float32":
         site.skip = "V is not float32"
@@ -328,7 +320,7 @@ def key_bias_2d(bb, site: AttentionSite):
 
     b, _, n, _ = site.shape
     bias = site.key_bias
-    bshape = _shape(bias)
+    bshape = static_shape(bias)
     flat = bb.emit(relax.op.reshape(bias, (bshape[0], n)))
     if bshape[0] != b:
         flat = bb.emit(relax.op.broadcast_to(flat, (b, n)))

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import PassError
-from . import check_knobs, register, replace_calls
+from . import check_knobs, register, replace_calls, static_shape
 from . import shift_add_math as sam
 from .naming import fingerprint, matches, module_weight_names
 
@@ -189,7 +189,7 @@ def find_candidates(func, names: dict[str, str]) -> list[Candidate]:
         if op != "relax.matmul":
             return
         x, w = expr.args
-        dims = _static_shape(x)
+        dims = static_shape(x)
         if str(getattr(x.ty, "dtype", "")) != "float32" or dims is None:
             return
         weight = weight_of(w)
@@ -203,7 +203,7 @@ def find_candidates(func, names: dict[str, str]) -> list[Candidate]:
         x, w = expr.args
         if isinstance(w, relax.Var) and w in bindings:
             w = bindings[w]
-        dims, out = _static_shape(x), _static_shape(expr)
+        dims, out = static_shape(x), static_shape(expr)
         a = expr.attrs
         if not (_is_const(w) and dims is not None and out is not None and len(dims) == 4
                 and str(getattr(x.ty, "dtype", "")) == "float32"
@@ -396,7 +396,7 @@ def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
         infos.append(info)
         gv = bb.add_func(func.without_attr("global_symbol"), info.kernel)
         x = call.args[0]
-        shape = _static_shape(x)
+        shape = static_shape(x)
         k, n = cand.weight.shape
         if cand.conv is not None:
             x2 = _emit_patches(bb, x, cand.conv)
@@ -440,16 +440,6 @@ def _previous(mod) -> list:
     if attrs is None or "accelc.rewrites" not in attrs:
         return []
     return json.loads(str(attrs["accelc.rewrites"]))
-
-
-def _static_shape(expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None:
-        return None
-    try:
-        return [int(d) for d in (shape.values if hasattr(shape, "values") else shape)]
-    except (TypeError, AttributeError):
-        return None
 
 
 def _tensor_type(shape, dtype):
