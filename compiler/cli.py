@@ -47,6 +47,9 @@ def _add_compile_args(p):
     _add_calib_arg(p)
     p.add_argument("--no-fast-math", action="store_true",
                    help="use libm exp/erf/tanh instead of vectorized polynomials (|rel err| < 1e-6); slower")
+    p.add_argument("--sim-config", metavar="CFG.toml",
+                   help="with -t sim: the accelerator's machine config (TOML or JSON; defaults: "
+                        "32x32 PEs, output-stationary, 256 KiB scratchpads, 32 B/cycle DRAM)")
     p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this host, e.g. znver3, skylake-avx512)")
     p.add_argument("--num-cores", type=int, help="cores the schedules may use (default: this process's CPUs)")
 
@@ -151,6 +154,10 @@ def _shapes(specs: list[str]) -> dict:
 
 def _target_options(args) -> dict:
     opts = {}
+    if getattr(args, "sim_config", None):
+        if args.target != "sim":
+            raise UsageError("--sim-config applies to -t sim only")
+        opts["sim_config"] = args.sim_config
     if getattr(args, "mcpu", None):
         opts["mcpu"] = args.mcpu
     if getattr(args, "num_cores", None):

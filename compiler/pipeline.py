@@ -105,7 +105,7 @@ def _jsonable(value):
 
 
 def _isa(target_name: str, tvm_target) -> list[str]:
-    if target_name == "cpu":
+    if target_name in ("cpu", "sim"):  # sim: the host part runs on this CPU
         from ..targets import cpu
 
         return cpu.isa_features(tvm_target)

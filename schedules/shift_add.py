@@ -73,6 +73,28 @@ def _accumulate(xs, codes, contrib, dims):
         name="shift_acc")
 
 
+def _quantize(x, frac_bits: int, width: int):
+    """``floor(x * 2**frac_bits)`` saturated to ``width`` bits (NaN → 0), int32 (block quantize)."""
+    lim = float(2 ** (width - 1))
+
+    def quant(i, j):
+        v = tirx.floor(x[i, j] * tirx.const(float(2 ** frac_bits), "float32"))
+        hi, lo = tirx.const(2 ** (width - 1) - 1, "int32"), tirx.const(-(2 ** (width - 1)), "int32")
+        return tirx.Select(tirx.isnan(x[i, j]), tirx.const(0, "int32"),
+                           tirx.Select(v >= tirx.const(lim, "float32"), hi,
+                                       tirx.Select(v < tirx.const(-lim, "float32"), lo, v.astype("int32"))))
+
+    return te.compute(x.shape, quant, name="quantize")
+
+
+def quantize_fixed_point(m: int, k: int, frac_bits: int, int_bits: int) -> tirx.PrimFunc:
+    """The integer path's activation quantizer alone (x float32 [m, k] → int32), for targets
+    that run the shift accumulation elsewhere (the simulated accelerator)."""
+    x = te.placeholder((m, k), "float32", name="x")
+    return _named(te.create_prim_func([x, _quantize(x, frac_bits, int_bits + frac_bits)]),
+                  "quantize_fixed_point", m=m, k=k, frac_bits=frac_bits, int_bits=int_bits)
+
+
 def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits: int,
                    tile_n: int = TILE_N, dequantize: bool = True,
                    sign_intrinsic: str | None = None) -> tirx.PrimFunc:
@@ -91,16 +113,7 @@ def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits:
     codes = te.placeholder((terms, tiles, k, tile_n), "int8", name="codes")
     if dequantize:
         x = te.placeholder((m, k), "float32", name="x")
-        lim = float(2 ** (width - 1))
-
-        def quant(i, j):
-            v = tirx.floor(x[i, j] * tirx.const(float(2 ** frac_bits), "float32"))
-            hi, lo = tirx.const(2 ** (width - 1) - 1, "int32"), tirx.const(-(2 ** (width - 1)), "int32")
-            return tirx.Select(tirx.isnan(x[i, j]), tirx.const(0, "int32"),
-                               tirx.Select(v >= tirx.const(lim, "float32"), hi,
-                                           tirx.Select(v < tirx.const(-lim, "float32"), lo, v.astype("int32"))))
-
-        xq = te.compute((m, k), quant, name="quantize")
+        xq = _quantize(x, frac_bits, width)
     else:
         x = te.placeholder((m, k), "int32", name="xq")
         xq = x
@@ -229,5 +242,5 @@ def im2col(x: te.Tensor, kernel: tuple, strides: tuple, padding: tuple, dilation
     return te.compute((n * oh * ow, c * kh * kw), value, name="im2col")
 
 
-__all__ = ["FLUSH_EXPONENT", "SIGN_INTRINSICS", "TILE_N", "bcq_matmul_lut", "kernel_name", "kernel_param",
+__all__ = ["FLUSH_EXPONENT", "SIGN_INTRINSICS", "TILE_N", "quantize_fixed_point", "bcq_matmul_lut", "kernel_name", "kernel_param",
            "im2col", "pot_matmul_float", "pot_matmul_int"]

@@ -36,7 +36,39 @@ def _cpu() -> TargetSpec:
     )
 
 
-_FACTORIES: dict[str, Callable[[], TargetSpec]] = {"cpu": _cpu}
+def _sim() -> TargetSpec:
+    from . import cpu
+    from .sim import offload
+
+    def make(sim_config=None, **cpu_options):
+        from .sim.config import load_config
+
+        offload.set_config(load_config(sim_config) if sim_config else offload.current_config())
+        offload.register_runtime()
+        return cpu.host_target(**cpu_options)
+
+    def pipeline(target=None, database=None, fast_math: bool = True):
+        import tvm
+
+        return tvm.transform.Sequential([offload.offload_pass(),
+                                         cpu.pipeline(target, database=database, fast_math=fast_math)])
+
+    def device():
+        offload.register_runtime()
+        return cpu.device()
+
+    return TargetSpec(
+        name="sim",
+        description="the simulated shift-add/MAC PE-array accelerator (offloaded layers run in the "
+                    "functional + cycle simulator; the rest on this host's CPU)",
+        make=make,
+        pipeline=pipeline,
+        device=device,
+        check_runnable=cpu.check_runnable,
+    )
+
+
+_FACTORIES: dict[str, Callable[[], TargetSpec]] = {"cpu": _cpu, "sim": _sim}
 _ALIASES = {"llvm": "cpu", "accelc/cpu": "cpu", "x86": "cpu"}
 
 
