@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", metavar="JSON", help="report path (default: MODEL.report.json here)")
     rp.add_argument("--repeat", type=int, default=5, help="timing runs per variant (0: skip timing)")
     _add_calib_arg(rp)
+    rp.add_argument("-t", "--target", default="cpu",
+                    help="where the rewritten model runs: cpu (default) or sim (the simulated accelerator: "
+                         "adds its per-layer cycles/energy table)")
+    rp.add_argument("--sim-config", metavar="CFG.toml", help="with -t sim: the machine config")
     rp.add_argument("--calib-samples", type=int, default=4,
                     help="without --calib: calibrate on this many seeded samples (seeds 1..N; the "
                          "comparison runs on seed 0), default 4")
@@ -350,7 +354,8 @@ def cmd_report(args) -> int:
     if calib is None and not Path(args.model).exists() and args.model in models.names():
         calib = [models.example_inputs(args.model, seed) for seed in range(1, args.calib_samples + 1)]
     report = fidelity_report(model, args.passes, _shapes(args.input_shape), feeds, timing_repeat=args.repeat,
-                             calibration=calib, calib_samples=args.calib_samples)
+                             calibration=calib, calib_samples=args.calib_samples, target=args.target,
+                             target_options=_target_options(args))
     print(format_report(report))
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     print(f"wrote {out}")

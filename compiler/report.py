@@ -84,7 +84,7 @@ def summarize(records: Sequence[dict]) -> dict:
 
 def fidelity_report(model, passes: Sequence, input_shapes=None, feeds: Mapping | None = None,
                     target: str = "cpu", timing_repeat: int = 5, calibration=None,
-                    calib_samples: int = 4) -> dict:
+                    calib_samples: int = 4, target_options: Mapping | None = None) -> dict:
     """Compile ``model`` with and without ``passes``, run both on ``feeds`` (default: the zoo's
     example inputs or seeded random ones) and report fidelity, ops, bytes and energy.
 
@@ -96,19 +96,25 @@ def fidelity_report(model, passes: Sequence, input_shapes=None, feeds: Mapping |
     from .runtime import CompiledModel
 
     imported = import_model(model, input_shapes)
-    base_ex, base_meta = pipeline.build(imported, target)
+    base_ex, base_meta = pipeline.build(imported, "cpu")  # the original, as the reference
     base = CompiledModel(base_ex, base_meta, executable=base_ex)
     samples = _samples(calibration, imported)
     if samples is None:
         samples = [base.example_feeds(seed) for seed in range(1, calib_samples + 1)]
     mod, names = pipeline.apply_passes(imported, passes, samples)
     records = json.loads(str(mod.attrs["accelc.rewrites"])) if mod.attrs and "accelc.rewrites" in mod.attrs else []
-    new_ex, new_meta = pipeline.build(dataclasses.replace(imported, mod=mod), target)
+    new_ex, new_meta = pipeline.build(dataclasses.replace(imported, mod=mod), target,
+                                      target_options=dict(target_options or {}))
     new_meta.passes = list(names)
     new = CompiledModel(new_ex, new_meta, executable=new_ex)
     if feeds is None:
         feeds = base.example_feeds(0)
-    ref, got = base.run(feeds), new.run(feeds)
+    ref = base.run(feeds)
+    if target == "sim":
+        from ..targets.sim import offload
+
+        offload.reset_log()
+    got = new.run(feeds)
     report = {
         "model": imported.name,
         "passes": list(names),
@@ -117,12 +123,33 @@ def fidelity_report(model, passes: Sequence, input_shapes=None, feeds: Mapping |
         "rewrites": records,
         "totals": summarize(records),
     }
+    if target == "sim":
+        report["accelerator"] = accelerator_summary(records, list(offload.RUN_LOG), offload.current_config())
     if any("sites" in r for r in records):
         site_output_cosines(imported, mod, feeds, records)
-    if timing_repeat:
+    if timing_repeat and target != "sim":  # a simulated run's wall time measures the simulator
         report["latency_ms"] = {"original": base.benchmark(feeds, repeat=timing_repeat).median_ms,
                                 "rewritten": new.benchmark(feeds, repeat=timing_repeat).median_ms}
     return report
+
+
+def accelerator_summary(records, log: list, cfg) -> dict:
+    """The sim target's per-layer table: each offloaded layer's cycles (compute vs stall),
+    utilisation and energy, plus the share of the model's constant-weight GEMM MACs offloaded."""
+    layers = [r for rec in records for r in rec.get("layers", [])]
+    dense = [d for rec in records for d in rec.get("dense", [])]
+    total = sum(r["rows"] * r["k"] * r["n"] for r in layers + dense)
+    rows = []
+    for entry, layer in zip(log, layers):
+        rows.append({"name": layer["name"], **{k: entry[k] for k in ("m", "k", "n", "terms", "total_cycles",
+                                                                    "compute_cycles", "stall_cycles",
+                                                                    "utilisation", "dram_bytes")},
+                     "energy_uj": entry["energy_pj"]["total"] * 1e-6})
+    offloaded = sum(r["m"] * r["k"] * r["n"] for r in rows)
+    return {"config": cfg.to_dict(), "layers": rows, "offloaded_macs": offloaded, "gemm_macs": total,
+            "offloaded_fraction": offloaded / total if total else 0.0,
+            "total_cycles": sum(r["total_cycles"] for r in rows),
+            "latency_us": sum(r["total_cycles"] for r in rows) / cfg.clock_mhz}
 
 
 _ATTENTION_KERNELS = ("linear_attention", "polarized_attention")
@@ -230,6 +257,19 @@ def format_report(report: dict) -> str:
                    f"   ({t['weight_bytes_before'] / max(t['weight_bytes_after'], 1):.1f}x smaller)")
         out.append(f"  {'energy, 45 nm (µJ)':<32}{t['energy_uj_before']:>10.2f}{t['energy_uj_after']:>13.2f}"
                    f"   (compute + weight DRAM reads)")
+    if "accelerator" in report:
+        acc = report["accelerator"]
+        arr = acc["config"]["array"]
+        out.append(f"\nsimulated accelerator ({arr['rows']}×{arr['cols']} {arr['pe_type']} PEs, {arr['dataflow']} "
+                   f"dataflow, {acc['config']['clock_mhz']} MHz): {len(acc['layers'])} layers offloaded, "
+                   f"{acc['offloaded_fraction'] * 100:.1f}% of the constant-weight GEMM MACs")
+        out.append(f"  {'layer':<44}{'M×K×N':>16}{'cycles':>10}{'stall':>9}{'util':>7}{'energy µJ':>11}")
+        for r in acc["layers"]:
+            name = r["name"] if len(r["name"]) <= 43 else "…" + r["name"][-42:]
+            mkn = f"{r['m']}×{r['k']}×{r['n']}"
+            out.append(f"  {name:<44}{mkn:>16}{r['total_cycles']:>10}{r['stall_cycles']:>9}"
+                       f"{r['utilisation']:>7.2f}{r['energy_uj']:>11.3f}")
+        out.append(f"  total: {acc['total_cycles']} cycles = {acc['latency_us']:.1f} µs on the accelerator")
     if "latency_ms" in report:
         lat = report["latency_ms"]
         out.append(f"\nlatency on {report['target']}: {lat['original']:.3f} ms → {lat['rewritten']:.3f} ms "

@@ -43,7 +43,7 @@ def _sim() -> TargetSpec:
     def make(sim_config=None, **cpu_options):
         from .sim.config import load_config
 
-        offload.set_config(load_config(sim_config) if sim_config else offload.current_config())
+        offload.set_config(load_config(sim_config) if sim_config else offload.default_config())
         offload.register_runtime()
         return cpu.host_target(**cpu_options)
 

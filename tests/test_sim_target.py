@@ -4,6 +4,7 @@ CPU build bit for bit on the integer shift-add path."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import accelc
 from accelc.compiler.cli import main
@@ -40,3 +41,36 @@ def test_bad_sim_config_is_one_line_naming_the_field(tmp_path, capsys):
     assert not (tmp_path / "m.so").exists()
     assert main(["compile", str(path), "--sim-config", str(cfg), "-o", str(tmp_path / "m.so")]) != 0
     assert "--sim-config applies to -t sim only" in capsys.readouterr().err
+
+
+def test_report_on_the_sim_target_prints_the_per_layer_table(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    path = tmp_path / "m.onnx"
+    onnx.save(mlp_model(batch=16, d_in=64, d_hidden=96, d_out=32), path)
+    out = tmp_path / "r.json"
+    assert main(["report", str(path), "--passes", "shift-add:terms=2,keep_first=0", "-t", "sim",
+                 "--input-shape", "x=16,64", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "simulated accelerator (32×32 both PEs" in text and "fc1/MatMul" in text
+    acc = json.loads(out.read_text())["accelerator"]
+    # fc1 offloaded; fc2 kept dense as the last layer: 64·96 of 64·96 + 96·32 MACs per row.
+    assert [r["name"] for r in acc["layers"]] == ["fc1/MatMul"]
+    assert acc["offloaded_fraction"] == pytest.approx(64 * 96 / (64 * 96 + 96 * 32))
+    assert acc["layers"][0]["total_cycles"] >= acc["layers"][0]["compute_cycles"] > 0
+
+
+def test_mac_only_machine_keeps_shift_add_layers_on_the_host(tmp_path, capsys):
+    cfg = tmp_path / "mac.toml"
+    cfg.write_text('[array]\npe_type = "mac"\n')
+    model = mlp_model(batch=4, d_in=32, d_hidden=32, d_out=8)
+    feeds = {"x": np.ones((4, 32), np.float32)}
+    offload.reset_log()
+    sim = accelc.compile(model, target="sim", passes=[SPEC], input_shapes={"x": (4, 32)},
+                         target_options={"sim_config": str(cfg)})
+    assert "PEs are mac-only" in capsys.readouterr().err
+    cpu = accelc.compile(model, passes=[SPEC], input_shapes={"x": (4, 32)})
+    np.testing.assert_array_equal(sim.run(feeds)["y"], cpu.run(feeds)["y"])
+    assert offload.RUN_LOG == []

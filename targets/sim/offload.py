@@ -22,7 +22,16 @@ from .config import MachineConfig
 _STATE = threading.local()
 #: Per-layer records of the offloaded calls, in call order (cleared by :func:`reset_log`).
 RUN_LOG: list[dict] = []
-_CONFIG: list[MachineConfig] = [MachineConfig()]
+def default_config() -> MachineConfig:
+    """The sim target's machine without ``--sim-config``: the default config with both PE
+    types, so shift-add layers and dense int8 layers can both be offloaded."""
+    import dataclasses
+
+    cfg = MachineConfig()
+    return dataclasses.replace(cfg, array=dataclasses.replace(cfg.array, pe_type="both"))
+
+
+_CONFIG: list[MachineConfig] = [default_config()]
 
 
 def set_config(cfg: MachineConfig) -> None:
@@ -118,6 +127,12 @@ def offload_pass():
             relax.analysis.post_order_visit(func, visit)
         if not targets:
             return mod
+        if current_config().array.pe_type == "mac":
+            import sys
+
+            print(f"accelc: sim: the machine's PEs are mac-only (array.pe_type = 'mac'); "
+                  f"{len(targets)} shift-add layer(s) stay on the host", file=sys.stderr)
+            return mod
 
         def emit(bb, call, callee, _remap):
             m, k, n = (kernel_param(callee, key) for key in ("m", "k", "n"))
@@ -136,5 +151,5 @@ def offload_pass():
     return transform
 
 
-__all__ = ["RUN_LOG", "current_config", "offload_pass", "register_runtime", "reset_log", "set_config",
+__all__ = ["RUN_LOG", "current_config", "default_config", "offload_pass", "register_runtime", "reset_log", "set_config",
            "unpack_codes"]

@@ -56,6 +56,10 @@ def _cost(op, cfg: MachineConfig, elem_bytes: dict) -> tuple[int, bool]:
     if isinstance(op, (DmaLoadOp, DmaStoreOp)):
         return _xfer(_dma_bytes(op, elem_bytes), cfg), True
     if isinstance(op, (GemmOp, ShiftGemmOp)):
+        need = "shift-add" if isinstance(op, ShiftGemmOp) else "mac"
+        if cfg.array.pe_type not in (need, "both"):
+            raise SimError(f"{op.name}: needs {need} PEs, but the machine has array.pe_type = "
+                           f"'{cfg.array.pe_type}'")
         return gemm_compute_cycles(_iv(op, "m"), _iv(op, "k"), _iv(op, "n"), cfg.rows, cfg.cols,
                                    cfg.dataflow).cycles, False
     if isinstance(op, (SddmmOp, SpmmOp)):
