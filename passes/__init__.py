@@ -79,6 +79,21 @@ def static_shape(expr) -> list[int] | None:
         return None
 
 
+def append_record(old_mod, new_mod, record: dict):
+    """``new_mod`` with ``record`` appended to the ``accelc.rewrites`` list ``old_mod`` carried
+    (the report and the artifact read it)."""
+    import json
+
+    attrs = getattr(old_mod, "attrs", None)
+    previous = json.loads(str(attrs["accelc.rewrites"])) if attrs is not None and "accelc.rewrites" in attrs else []
+    return new_mod.with_attr("accelc.rewrites", json.dumps(previous + [record]))
+
+
+def options_record(options) -> dict:
+    """A pass's typed options as JSON values (tuples of patterns → lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()}
+
+
 def check_knobs(options, checks) -> None:
     """Raise ``ValueError("knob must be WANT, got VALUE")`` for the first failed check;
     ``checks`` is ``[(knob, ok, want), ...]`` (the registry reports it as a PassError)."""
@@ -195,6 +210,11 @@ def make(spec, calibrated: dict | None = None, **overrides):
     if isinstance(spec, tvm.transform.Pass):
         return spec
     info, options = _resolve(spec, overrides)
+    return instantiate(info, options, calibrated)
+
+
+def instantiate(info: PassInfo, options, calibrated: dict | None = None):
+    """The Pass of a resolved spec (``resolve``), given its calibration data by keyword."""
     kwargs = dict(calibrated or {})
     return info.factory(**kwargs) if info.options is None else info.factory(options, **kwargs)
 

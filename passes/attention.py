@@ -207,12 +207,15 @@ def _match(g: _Graph, p_var, softmax, users, site: AttentionSite) -> None:
     scale = 1.0
     if _op(expr) in ("relax.multiply", "relax.divide"):
         lhs, rhs = expr.args
-        c = _scalar(rhs) if _scalar(rhs) is not None else (_scalar(lhs) if _op(expr) == "relax.multiply" else None)
+        mul = _op(expr) == "relax.multiply"
+        c, scores = _scalar(rhs), lhs
+        if c is None and mul:  # c · S
+            c, scores = _scalar(lhs), rhs
         if c is None or c == 0:
             site.skip = f"scores scaled by a non-constant ({_op(expr)})"
             return
-        scale = c if _op(expr) == "relax.multiply" else 1.0 / c
-        expr = g.resolve(lhs if _scalar(rhs) is not None else rhs)
+        scale = c if mul else 1.0 / c
+        expr = g.resolve(scores)
     if _op(expr) != "relax.matmul":
         site.skip = f"scores come from {_op(expr) or type(expr).__name__}, not matmul(Q, Kᵀ)"
         return
@@ -337,7 +340,56 @@ def notice_skipped(pass_name: str, sites: list[AttentionSite], stream=None) -> N
             print(f"accelc: {pass_name}: {s.name} left as is: {s.skip}", file=stream)
 
 
+def plan(mod, pass_name: str, opts, refuse=None) -> tuple[list[AttentionSite], list[AttentionSite]]:
+    """What an attention pass rewrites in ``mod``: every site of ``main`` and the chosen ones
+    (``opts.layers``/``exclude``/``keep_last``; ``refuse(site)`` may name a reason to skip a
+    matched site). Skipped sites get one notice line each, and an empty choice one line saying
+    the model compiles unchanged."""
+    import sys
 
+    from ..errors import PassError
+    from .naming import module_weight_names
+
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise PassError(f"{pass_name}: the module has no 'main' function")
+    sites = find_sites(mod["main"], module_weight_names(mod))
+    for s in sites:
+        why = refuse(s) if refuse is not None and s.matched else ""
+        if why:
+            s.skip = why
+    chosen = select_sites(sites, opts.layers, opts.exclude, opts.keep_last, pass_name)
+    notice_skipped(pass_name, sites)
+    if not chosen:
+        print(f"accelc: {pass_name}: nothing to rewrite ({len(sites)} attention sites, none selected); "
+              f"the model compiles unchanged", file=sys.stderr)
+    return sites, chosen
+
+
+def require_maps(pass_name: str, chosen: list[AttentionSite], maps: dict | None, what: str = "") -> None:
+    """Raise unless ``maps`` holds the calibrated attention map of every chosen site."""
+    from ..errors import PassError
+
+    missing = [s.name for s in chosen if not maps or s.name not in maps]
+    if missing:
+        raise PassError(f"{pass_name}: {what}needs calibrated attention maps (give --calib SAMPLES.npz); "
+                        f"none for {', '.join(missing[:3])}")
+
+
+def site_inputs(bb, site: AttentionSite) -> list:
+    """The kernel operands every attention kernel starts with: Q, K (as [B, H, N, d]), V and,
+    with a padding mask, the key bias as [B, N]."""
+    args = [site.q, key_transposed(bb, site), site.v]
+    if site.key_bias is not None:
+        args.append(key_bias_2d(bb, site))
+    return args
+
+
+def pass_record(pass_name: str, opts, sites: list[AttentionSite], infos: list[dict]) -> dict:
+    """The ``accelc.rewrites`` entry of an attention pass: options, rewritten sites, kept ones."""
+    from . import options_record
+
+    return {"pass": pass_name, "options": options_record(opts), "describe": opts.describe(),
+            "sites": infos, "kept": skipped_records(sites)}
 
 
 def rewrite_sites(mod, chosen: list[AttentionSite], emit) -> object:
@@ -354,15 +406,6 @@ def rewrite_sites(mod, chosen: list[AttentionSite], emit) -> object:
     return replace_calls(mod, {s.output[1]: s for s in chosen}, emit_site)
 
 
-def append_record(old_mod, new_mod, record: dict):
-    """Attach the pass record to the module's ``accelc.rewrites`` list (the report reads it)."""
-    import json
-
-    attrs = getattr(old_mod, "attrs", None)
-    previous = json.loads(str(attrs["accelc.rewrites"])) if attrs is not None and "accelc.rewrites" in attrs else []
-    return new_mod.with_attr("accelc.rewrites", json.dumps(previous + [record]))
-
-
 def site_record(site: AttentionSite) -> dict:
     b, h, n, d = site.shape or (0, 0, 0, 0)
     return {"name": site.name, "batch": b, "heads": h, "tokens": n, "head_dim": d,
@@ -375,5 +418,5 @@ def skipped_records(sites: list[AttentionSite]) -> list[dict]:
             if s.skip or s.extras.get("kept")]
 
 
-__all__ = ["AttentionSite", "append_record", "find_sites", "key_bias_2d", "key_transposed", "notice_skipped",
-           "rewrite_sites", "select_sites", "site_record", "skipped_records"]
+__all__ = ["AttentionSite", "find_sites", "key_bias_2d", "key_transposed", "notice_skipped", "pass_record", "plan",
+           "require_maps", "rewrite_sites", "select_sites", "site_inputs", "site_record", "skipped_records"]

@@ -26,16 +26,12 @@ fidelity (the papers fine-tune): the report gives the measured number.
 
 from __future__ import annotations
 
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import PassError
-from . import check_knobs, register
-from .attention import (append_record, find_sites, key_bias_2d, key_transposed, notice_skipped,
-                        rewrite_sites, select_sites, site_record, skipped_records)
-from .naming import module_weight_names
+from . import append_record, check_knobs, register
+from .attention import pass_record, plan, require_maps, rewrite_sites, site_inputs, site_record
 
 VARIANTS = ("angular", "castling")
 LOCALS = ("none", "softmax")
@@ -106,23 +102,16 @@ def run(mod, opts: LinearizeOptions, maps: dict | None = None):
     from ..schedules import attention_linear as kernels
     from . import linear_attention_math as lam
 
-    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
-        raise PassError("linearize: the module has no 'main' function")
-    sites = find_sites(mod["main"], module_weight_names(mod))
-    for s in sites:
-        if s.matched and s.causal and opts.variant == "castling":
-            s.skip = "causal attention: the castling form is non-causal (use variant=angular)"
-    chosen = select_sites(sites, opts.layers, opts.exclude, opts.keep_last, "linearize")
-    notice_skipped("linearize", sites)
-    if opts.local == "softmax" and chosen:
-        missing = [s.name for s in chosen if not maps or s.name not in maps]
-        if missing:
-            raise PassError(f"linearize: local=softmax needs calibrated attention maps (give --calib "
-                            f"SAMPLES.npz); none for {', '.join(missing[:3])}")
+    def refuse(site):
+        if site.causal and opts.variant == "castling":
+            return "causal attention: the castling form is non-causal (use variant=angular)"
+        return ""
+
+    sites, chosen = plan(mod, "linearize", opts, refuse)
     if not chosen:
-        print(f"accelc: linearize: nothing to rewrite ({len(sites)} attention sites, none selected); "
-              f"the model compiles unchanged", file=sys.stderr)
         return mod
+    if opts.local == "softmax":
+        require_maps("linearize", chosen, maps, "local=softmax ")
     infos = {}
 
     def emit(bb, site):
@@ -134,9 +123,7 @@ def run(mod, opts: LinearizeOptions, maps: dict | None = None):
                                         chunk=opts.chunk, local=opts.local == "softmax", scale=site.scale,
                                         key_bias=site.key_bias is not None)
         gv = bb.add_func(func.without_attr("global_symbol"), "linear_attention")
-        args = [site.q, key_transposed(bb, site), site.v]
-        if site.key_bias is not None:
-            args.append(key_bias_2d(bb, site))
+        args = site_inputs(bb, site)
         if gate is not None:
             args.append(relax.const(gate))
         rec = site_record(site)
@@ -150,11 +137,7 @@ def run(mod, opts: LinearizeOptions, maps: dict | None = None):
         return relax.call_tir(gv, args, relax.TensorType([b, h, n, d], "float32"))
 
     new = rewrite_sites(mod, chosen, emit)
-    record = {"pass": "linearize", "options": {k: (list(v) if isinstance(v, tuple) else v)
-                                               for k, v in asdict(opts).items()},
-              "describe": opts.describe(), "sites": [infos[s.name] for s in chosen],
-              "kept": skipped_records(sites)}
-    return append_record(mod, new, record)
+    return append_record(mod, new, pass_record("linearize", opts, sites, [infos[s.name] for s in chosen]))
 
 
 __all__ = ["LinearizeOptions", "linearize", "local_gates", "run"]

@@ -24,16 +24,12 @@ tests. ViTCoD fine-tunes with the fixed mask; post-training the report gives the
 
 from __future__ import annotations
 
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import PassError
-from . import check_knobs, register
-from .attention import (append_record, find_sites, key_bias_2d, key_transposed, notice_skipped,
-                        rewrite_sites, select_sites, site_record, skipped_records)
-from .naming import module_weight_names
+from . import append_record, check_knobs, register
+from .attention import pass_record, plan, require_maps, rewrite_sites, site_inputs, site_record
 
 
 @dataclass(frozen=True)
@@ -96,19 +92,10 @@ def run(mod, opts: PolarizeOptions, maps: dict | None = None):
     from ..schedules import attention_sparse as kernels
     from . import polarize_math as pm
 
-    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
-        raise PassError("polarize: the module has no 'main' function")
-    sites = find_sites(mod["main"], module_weight_names(mod))
-    chosen = select_sites(sites, opts.layers, opts.exclude, opts.keep_last, "polarize")
-    notice_skipped("polarize", sites)
+    sites, chosen = plan(mod, "polarize", opts)
     if not chosen:
-        print(f"accelc: polarize: nothing to rewrite ({len(sites)} attention sites, none selected); "
-              f"the model compiles unchanged", file=sys.stderr)
         return mod
-    missing = [s.name for s in chosen if not maps or s.name not in maps]
-    if missing:
-        raise PassError(f"polarize: needs calibrated attention maps (give --calib SAMPLES.npz); "
-                        f"none for {', '.join(missing[:3])}")
+    require_maps("polarize", chosen, maps)
     infos = {}
 
     def emit(bb, site):
@@ -121,10 +108,7 @@ def run(mod, opts: PolarizeOptions, maps: dict | None = None):
         func = kernels.polarized_attention(b, h, n, d, int(kargs[3].shape[0]), site.scale,
                                            causal=site.causal, key_bias=site.key_bias is not None)
         gv = bb.add_func(func.without_attr("global_symbol"), "polarized_attention")
-        args = [site.q, key_transposed(bb, site), site.v]
-        if site.key_bias is not None:
-            args.append(key_bias_2d(bb, site))
-        args += [relax.const(np.ascontiguousarray(a, dtype=np.int32)) for a in kargs]
+        args = site_inputs(bb, site) + [relax.const(np.ascontiguousarray(a, dtype=np.int32)) for a in kargs]
         rec = site_record(site)
         rec.update({"kernel": "polarized_attention", **pattern_summary(pat),
                     "macs_before": int(pm.dense_attention_macs(n, d, h, b)),
@@ -133,11 +117,7 @@ def run(mod, opts: PolarizeOptions, maps: dict | None = None):
         return relax.call_tir(gv, args, relax.TensorType([b, h, n, d], "float32"))
 
     new = rewrite_sites(mod, chosen, emit)
-    record = {"pass": "polarize", "options": {k: (list(v) if isinstance(v, tuple) else v)
-                                              for k, v in asdict(opts).items()},
-              "describe": opts.describe(), "sites": [infos[s.name] for s in chosen],
-              "kept": skipped_records(sites)}
-    return append_record(mod, new, record)
+    return append_record(mod, new, pass_record("polarize", opts, sites, [infos[s.name] for s in chosen]))
 
 
 __all__ = ["PolarizeOptions", "polarize", "run"]

@@ -29,14 +29,13 @@ counts, weight bytes, energy); kernels are held bit-exact to ``shift_add_math`` 
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..errors import PassError
-from . import check_knobs, register, replace_calls, static_shape
+from . import append_record, check_knobs, options_record, register, replace_calls, static_shape
 from . import shift_add_math as sam
 from .naming import fingerprint, matches, module_weight_names
 
@@ -411,13 +410,11 @@ def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
         return relax.op.reshape(y2, shape[:-1] + [n])
 
     new = replace_calls(mod, {c.call: c for c in chosen}, emit)
-    record = {"pass": "shift-add", "options": {k: (list(v) if isinstance(v, tuple) else v)
-                                               for k, v in asdict(opts).items()},
-              "describe": opts.describe(),
+    record = {"pass": "shift-add", "options": options_record(opts), "describe": opts.describe(),
               "dense": [{"name": c.name, "op": c.op, "k": int(c.weight.shape[0]), "n": int(c.weight.shape[1]),
                          "rows": c.rows, "why": c.why_dense} for c in candidates if not c.chosen],
               "layers": [asdict(i) for i in infos]}
-    return new.with_attr("accelc.rewrites", json.dumps(_previous(mod) + [record]))
+    return append_record(mod, new, record)
 
 
 def _emit_patches(bb, x, g: ConvGeometry):
@@ -433,13 +430,6 @@ def _emit_patches(bb, x, g: ConvGeometry):
         return bb.emit(relax.op.reshape(nhwc, (rows, g.channels)))
     return bb.emit_te(kernels.im2col, x, g.kernel, g.strides, g.padding, g.dilation, g.out_hw,
                       primfunc_name_hint="im2col")
-
-
-def _previous(mod) -> list:
-    attrs = getattr(mod, "attrs", None)
-    if attrs is None or "accelc.rewrites" not in attrs:
-        return []
-    return json.loads(str(attrs["accelc.rewrites"]))
 
 
 def _tensor_type(shape, dtype):
