@@ -326,7 +326,9 @@ def _declare(mach: _Machine, prog: ProgramOp) -> None:
             old.kind = "inout" if old.kind == "input" else "output"
 
 
-def _run_program(mach: _Machine, prog: ProgramOp) -> None:
+def unit_queues(prog: ProgramOp) -> dict[str, list[tuple[int, Operation]]]:
+    """The program's instructions per unit, in program order, as ``(position, op)`` (each unit
+    runs its queue in order; tokens order the units against each other)."""
     pname = prog.sym_name.data
     queues: dict[str, list[tuple[int, Operation]]] = {}
     for pos, op in enumerate(prog.body.block.ops):
@@ -335,6 +337,12 @@ def _run_program(mach: _Machine, prog: ProgramOp) -> None:
         if not isinstance(op, INSTRUCTIONS):
             raise SimError(f"{_label(op, pos, pname)}: not an accel instruction")
         queues.setdefault(op.UNIT or "sync", []).append((pos, op))
+    return queues
+
+
+def _run_program(mach: _Machine, prog: ProgramOp) -> None:
+    pname = prog.sym_name.data
+    queues = unit_queues(prog)
     head = dict.fromkeys(queues, 0)
     signalled: set = set()
     remaining = sum(len(q) for q in queues.values())

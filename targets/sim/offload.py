@@ -12,14 +12,12 @@ energy) to :data:`RUN_LOG`.
 
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 
 import numpy as np
 
 from .config import MachineConfig
 
-_STATE = threading.local()
 #: Per-layer records of the offloaded calls, in call order (cleared by :func:`reset_log`).
 RUN_LOG: list[dict] = []
 def default_config() -> MachineConfig:

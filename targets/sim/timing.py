@@ -14,13 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .config import MachineConfig
 from .cycles import _xfer, gemm_compute_cycles, vector_op_cycles
-from .dialect import (INSTRUCTIONS, AluOp, BarrierOp, BufferOp, DmaLoadOp, DmaStoreOp, GemmOp, ProgramOp,
-                      SddmmOp, ShiftGemmOp, SpmmOp)
-from .functional import SimError, _iv, run
+from .dialect import AluOp, BarrierOp, BufferOp, DmaLoadOp, DmaStoreOp, GemmOp, ProgramOp, SddmmOp, ShiftGemmOp, SpmmOp
+from .functional import SimError, _iv, run, unit_queues
 from .program import programs
 
 _ELEM_BYTES = {8: 1, 16: 2, 32: 4}
@@ -46,9 +43,9 @@ class Timeline:
                 "busy": dict(self.busy), "instructions": len(self.ops)}
 
 
-def _dma_bytes(op, buffers) -> int:
-    buf = buffers[op.buffer.root_reference.data if hasattr(op.buffer, "root_reference") else str(op.buffer)]
-    return _iv(op, "rows") * _iv(op, "cols") * buf
+def _dma_bytes(op, elem_bytes: dict) -> int:
+    """Bytes one DMA moves: its rows × cols elements of the buffer's element type."""
+    return _iv(op, "rows") * _iv(op, "cols") * elem_bytes[op.buffer.root_reference.data]
 
 
 def _cost(op, cfg: MachineConfig, elem_bytes: dict) -> tuple[int, bool]:
@@ -87,15 +84,9 @@ def time_program(program, cfg: MachineConfig) -> Timeline:
 
 
 def _time_one(prog: ProgramOp, cfg: MachineConfig, tl: Timeline, start: int) -> int:
-    elem_bytes = {}
-    queues: dict[str, list] = {}
-    for pos, op in enumerate(prog.body.block.ops):
-        if isinstance(op, BufferOp):
-            elem_bytes[op.sym_name.data] = _ELEM_BYTES[op.elem.width.data]
-            continue
-        if not isinstance(op, INSTRUCTIONS):
-            raise SimError(f"{op.name} (op {pos}): not an accel instruction")
-        queues.setdefault(op.UNIT or "sync", []).append((pos, op))
+    elem_bytes = {op.sym_name.data: _ELEM_BYTES[op.elem.width.data]
+                  for op in prog.body.block.ops if isinstance(op, BufferOp)}
+    queues = unit_queues(prog)
     head = dict.fromkeys(queues, 0)
     unit_free = dict.fromkeys(queues, start)
     done: dict = {}  # token → cycle it is signalled
