@@ -49,3 +49,20 @@ def native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def read_npz(path, what: str = "inputs") -> dict:
+    """The arrays of an ``.npz`` by name; a missing or unreadable file is one ``InputError``
+    line naming it (``what``: the file's role in the message)."""
+    import numpy as np
+
+    from .errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such {what} file")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as err:  # noqa: BLE001 - numpy raises several types for bad archives
+        raise InputError(f"{p}: not a NumPy .npz archive ({err})") from None

@@ -38,8 +38,8 @@ def tap_module(mod, taps: Sequence):
     new_body = relax.SeqExpr(body.blocks, relax.Tuple(fields))
     ret_ty = relax.TupleType([f.ty for f in fields])
     new_func = relax.Function(nfunc.params, new_body, ret_ty, nfunc.is_pure, nfunc.attrs)
-    new = flat.clone() if hasattr(flat, "clone") else flat
-    new[flat.get_global_var("main")] = new_func
+    new = flat.clone()  # a pass may hand back its input unchanged: never mutate the caller's module
+    new[new.get_global_var("main")] = new_func
     return relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
 
 
@@ -133,14 +133,9 @@ def layer_hessians(imported: ImportedModel, feeds: Sequence[Mapping[str, np.ndar
 def load_calibration(path, specs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
     """Calibration samples from an ``.npz``: per input either one sample (the input's shape) or
     a stack of samples (a leading sample axis)."""
-    import os
+    from ..fileio import read_npz
 
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such calibration file")
-    try:
-        data = dict(np.load(path))
-    except Exception as err:  # noqa: BLE001 - numpy raises several types for a bad file
-        raise InputError(f"{path}: not a readable .npz ({err})") from None
+    data = read_npz(path, "calibration")
     missing = [s.name for s in specs if s.name not in data]
     if missing:
         raise InputError(f"{path}: calibration set lacks input(s) {', '.join(missing)}")

@@ -193,16 +193,9 @@ def _open(args, path: str):
 
 
 def _load_feeds(path: str) -> dict:
-    import numpy as np
+    from ..fileio import read_npz
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such inputs file")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as err:  # noqa: BLE001 - numpy raises several types for bad archives
-        raise InputError(f"{p}: not a NumPy .npz archive ({err})") from None
+    return read_npz(path, "inputs")
 
 
 def _save_npz(path: str, arrays: dict) -> None:

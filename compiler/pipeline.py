@@ -25,16 +25,16 @@ def apply_passes(imported: ImportedModel, passes: Sequence, calibration=None) ->
     from .. import passes as registry
 
     names = [p if isinstance(p, str) else getattr(p.info, "name", str(p)) for p in passes]
+    resolved = check_passes(passes)  # every spec, before any pass or calibration runs
     mod = imported.mod
     registry.take_error()
-    for spec in passes:
+    for spec, (info, options) in zip(passes, resolved):
         calibrated = {}
-        if not isinstance(spec, tvm.transform.Pass):
-            info, options = registry.resolve(spec)
+        if info is not None:
             kind = info.wants(options)
             if kind and calibration:
                 calibrated[kind] = _calibrate(kind, dataclasses.replace(imported, mod=mod), calibration)
-        obj = registry.make(spec, calibrated=calibrated)
+        obj = spec if info is None else registry.instantiate(info, options, calibrated)
         try:
             with tvm.transform.PassContext(opt_level=3):
                 mod = obj(mod)
@@ -44,6 +44,16 @@ def apply_passes(imported: ImportedModel, passes: Sequence, calibration=None) ->
                 raise err from None
             raise
     return mod, names
+
+
+def check_passes(passes: Sequence) -> list[tuple]:
+    """Each pass spec's registered pass and typed options (``(None, None)`` for a Pass object);
+    a bad spec raises its one-line PassError here, before anything is compiled."""
+    import tvm
+
+    from .. import passes as registry
+
+    return [(None, None) if isinstance(p, tvm.transform.Pass) else registry.resolve(p) for p in passes]
 
 
 def _calibrate(kind: str, imported: ImportedModel, samples):

@@ -95,6 +95,7 @@ def fidelity_report(model, passes: Sequence, input_shapes=None, feeds: Mapping |
     from .frontend import import_model
     from .runtime import CompiledModel
 
+    pipeline.check_passes(passes)  # a bad spec fails before the compiles below
     imported = import_model(model, input_shapes)
     base_ex, base_meta = pipeline.build(imported, "cpu")  # the original, as the reference
     base = CompiledModel(base_ex, base_meta, executable=base_ex)

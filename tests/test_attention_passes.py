@@ -217,3 +217,15 @@ def test_minilm_attention_rewrites_held_out():
 def _run_named(imported, mod, feeds, output):
     ex, meta = pipeline.build(dataclasses.replace(imported, mod=mod))
     return CompiledModel(ex, meta, executable=ex).run(feeds)[output]
+
+
+@pytest.mark.parametrize("spec, knob", [("polarize:sparsity=1.5", "sparsity"), ("linearize:chunk=0", "chunk"),
+                                        ("linearize:variant=yoso", "variant")])
+def test_bad_attention_knob_is_one_line_and_a_nonzero_exit(tmp_path, capsys, spec, knob):
+    from accelc.compiler.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["report", "gpt2-like", "--passes", spec, "--repeat", "0", "-o", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("accelc: error:") and knob in err[0], err
+    assert not out.exists()
