@@ -223,3 +223,23 @@ def test_bcq_calibration_from_the_driver_lowers_the_output_error():
     calibrated = run(pipeline.apply_passes(imported, [spec], calibration=calib)[0])
     err = lambda y: np.linalg.norm(y - ref) / np.linalg.norm(ref)  # noqa: E731
     assert err(calibrated) < 0.95 * err(plain), (err(calibrated), err(plain))  # measured 0.43 vs 0.48
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("shift-add:terms=0", "terms must be 1, 2 or 3, got 0"),
+    ("shift-add:mode=bcq,bits=9", "bits must be 2, 3 or 4, got 9"),
+    ("shift-add:layers=*attention*", "layers pattern '*attention*' matches no layer"),
+])
+def test_bad_knobs_on_the_command_line_are_one_line_and_exit_2(tmp_path, capsys, spec, words):
+    import onnx
+
+    from accelc.compiler.cli import main
+
+    model, _ = three_layer_model()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "m.so"
+    assert main(["compile", str(path), "--passes", spec, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("accelc: error:") and words in err[0], err
+    assert not out.exists()
