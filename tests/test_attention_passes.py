@@ -229,3 +229,64 @@ def test_bad_attention_knob_is_one_line_and_a_nonzero_exit(tmp_path, capsys, spe
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("accelc: error:") and knob in err[0], err
     assert not out.exists()
+
+
+def _site_operands(mod, kernel):
+    """(operand vars, output var, callee) of every call_tir to ``kernel`` in ``main``."""
+    from tvm import relax
+
+    found = []
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                callee = mod[v.args[0]]
+                if callee.attrs is not None and str(callee.attrs.get("accelc.kernel", "")) == kernel:
+                    found.append((list(v.args[1].fields), b.var, callee))
+    return found
+
+
+@pytest.mark.parametrize("name, spec", [("gpt2-like", "linearize:keep_last=0"),
+                                        ("gpt2-like", "polarize:sparsity=0.8"),
+                                        ("deit-tiny", "linearize")])
+def test_zoo_model_sites_match_their_own_reference(name, spec):
+    """Inside the rewritten zoo model, every site's kernel output equals the NumPy reference
+    of that site on the very Q, K, V (and mask) the model fed it (tapped at run time)."""
+    from accelc import models
+    from accelc.compiler.calibrate import run_tapped
+
+    imported = import_model(models.build(name))
+    calib = [models.example_inputs(name, s) for s in (1, 2)]
+    mod, _ = pipeline.apply_passes(imported, [spec], calibration=calib)
+    kernel = "linear_attention" if spec.startswith("linearize") else "polarized_attention"
+    sites = _site_operands(mod, kernel)
+    assert len(sites) == len(_record(mod, spec.split(":")[0])["sites"]) > 0
+    from tvm import relax
+
+    taps = [v for operands, _, _ in sites for v in operands if isinstance(v, relax.Var)] + [out for _, out, _ in sites]
+    got: dict = {}
+    run_tapped(dataclasses.replace(imported, mod=mod), taps, [models.example_inputs(name, 0)],
+               lambda i, x: got.__setitem__(taps[i], x))
+    for operands, out, callee in sites:
+        vals = [got[v] if isinstance(v, relax.Var) else v.value.numpy() for v in operands]
+        a = callee.attrs
+        q, k, v = vals[:3]
+        if kernel == "linear_attention":
+            rest = vals[3:]
+            bias = rest.pop(0) if int(a["accelc.key_bias"]) else None
+            gate = rest.pop(0) if int(a["accelc.local"]) else None
+            want = lam.linear_attention_reference(q, k, v, str(a["accelc.variant"]), bool(int(a["accelc.causal"])),
+                                                  int(a["accelc.chunk"]), gate is not None,
+                                                  float(a["accelc.scale"]), bias, gate)
+        else:
+            bias = vals[3] if int(a["accelc.key_bias"]) else None
+            perm, gcount, indptr, indices = vals[-4:]
+            h, n = perm.shape
+            mask = np.zeros((h, n, n), bool)
+            for hd in range(h):
+                mask[hd, :, perm[hd, :gcount[hd]]] = True
+                for i in range(n):
+                    mask[hd, i, perm[hd, indices[indptr[hd, i]:indptr[hd, i + 1]]]] = True
+            want = pm.masked_attention_ref(q, k, v, mask, float(a["accelc.scale"]), key_bias=bias,
+                                           causal=bool(int(a["accelc.causal"])))
+        assert np.linalg.norm(got[out] - want) <= 1e-5 * np.linalg.norm(want)
