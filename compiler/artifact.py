@@ -43,6 +43,9 @@ class ArtifactMeta:
     fast_math: bool = True
     tuned: bool = False
     source_sha256: str | None = None
+    #: sim target: the compile-time accelerator summary (machine config, per-layer cycles,
+    #: bytes, energy; ``report.accelerator_summary`` of ``offload.estimate``)
+    accelerator: dict | None = None
     versions: dict[str, str] = field(default_factory=versions)
     format: int = FORMAT
 

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "into an artifact: OUT.so plus the OUT.json sidecar that `accelc run` checks.")
     c.add_argument("model", help="model file (.onnx, or .py with TVMScript)")
     c.add_argument("-o", "--output", required=True, help="artifact path (OUT.so; OUT.json is written beside it)")
+    c.add_argument("--emit-mlir", metavar="OUT.mlir",
+                   help="with -t sim: also write the offloaded layers' accel programs as MLIR text")
     _add_compile_args(c)
     c.add_argument("--verify", action="store_true",
                    help="after compiling, run random inputs through the artifact and onnxruntime and "
@@ -162,6 +164,8 @@ def _target_options(args) -> dict:
         if args.target != "sim":
             raise UsageError("--sim-config applies to -t sim only")
         opts["sim_config"] = args.sim_config
+    if getattr(args, "emit_mlir", None) and args.target != "sim":
+        raise UsageError("--emit-mlir applies to -t sim only (it writes the accelerator's programs)")
     if getattr(args, "mcpu", None):
         opts["mcpu"] = args.mcpu
     if getattr(args, "num_cores", None):
@@ -238,9 +242,30 @@ def cmd_compile(args) -> int:
           f"in {secs:.1f} s -> {lib} (+ {lib.with_suffix('.json').name})")
     print("inputs:  " + ", ".join(map(str, model.inputs)))
     print("outputs: " + ", ".join(map(str, model.outputs)))
+    if model.meta.accelerator is not None:
+        from .report import format_accelerator
+
+        print("\n".join(format_accelerator(model.meta.accelerator)))
+    if args.emit_mlir:
+        _emit_mlir(model.meta.accelerator, args.emit_mlir)
     if args.verify:
         return _verify(model, args.model)
     return 0
+
+
+def _emit_mlir(acc: dict, path: str) -> None:
+    """The offloaded layers' ``accel`` programs as MLIR text (written whole, then renamed)."""
+    import os
+
+    from ..targets.sim import offload
+    from ..targets.sim.program import to_mlir
+
+    text = to_mlir(offload.program_module(acc["layers"], [r["name"] for r in acc["layers"]]))
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    print(f"accel program ({len(acc['layers'])} layer programs, MLIR) -> {path}")
 
 
 def _verify(model, onnx_path: str) -> int:

@@ -97,8 +97,20 @@ def build(imported: ImportedModel, target: str = "cpu", passes: Sequence = (), d
         fast_math=fast_math,
         tuned=db is not None,
         source_sha256=imported.source_sha256,
+        accelerator=_accelerator(mod) if spec.name == "sim" else None,
     )
     return ex, meta
+
+
+def _accelerator(mod) -> dict:
+    """The sim compile's per-layer accelerator table, from the layers the offload planned."""
+    import json
+
+    from ..targets.sim import offload
+    from .report import accelerator_summary
+
+    records = json.loads(str(mod.attrs["accelc.rewrites"])) if mod.attrs and "accelc.rewrites" in mod.attrs else []
+    return accelerator_summary(records, [offload.estimate(**p) for p in offload.PLAN], offload.current_config())
 
 
 def _jsonable(value):

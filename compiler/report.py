@@ -19,6 +19,7 @@ import numpy as np
 ENERGY_PJ = {
     "fp32": {"mult": 3.7, "add": 0.9, "shift": 0.13, "lut": 0.37},
     "int32": {"mult": 3.1, "add": 0.1, "shift": 0.13, "lut": 0.37},
+    "int8": {"mult": 0.2, "add": 0.1, "shift": 0.024, "lut": 0.37},  # int8 multiplies, int32 accumulation
 }
 #: pJ per weight byte read from DRAM (200 pJ per 16-bit access, Eyeriss-style model).
 DRAM_PJ_PER_BYTE = 100.0
@@ -136,21 +137,53 @@ def fidelity_report(model, passes: Sequence, input_shapes=None, feeds: Mapping |
 
 def accelerator_summary(records, log: list, cfg) -> dict:
     """The sim target's per-layer table: each offloaded layer's cycles (compute vs stall),
-    utilisation and energy, plus the share of the model's constant-weight GEMM MACs offloaded."""
+    utilisation, mapping efficiency, bytes, energy and roofline point, plus the share of the
+    model's constant-weight GEMM MACs offloaded. ``log``: the run's ``offload.RUN_LOG``, or
+    ``offload.estimate`` of each layer of ``offload.PLAN`` at compile time."""
     layers = [r for rec in records for r in rec.get("layers", [])]
     dense = [d for rec in records for d in rec.get("dense", [])]
     total = sum(r["rows"] * r["k"] * r["n"] for r in layers + dense)
-    rows = []
-    for entry, layer in zip(log, layers):
-        rows.append({"name": layer["name"], **{k: entry[k] for k in ("m", "k", "n", "terms", "total_cycles",
-                                                                    "compute_cycles", "stall_cycles",
-                                                                    "utilisation", "dram_bytes")},
+    rows, pending = [], iter(layers)
+    for entry in log:  # layers the machine could not take stay on the host: skip them by shape
+        layer = next((la for la in pending if (la["rows"], la["k"], la["n"]) == (entry["m"], entry["k"], entry["n"])),
+                     None)
+        rows.append({"name": layer["name"] if layer else entry["op"],
+                     **{k: entry[k] for k in ("op", "m", "k", "n", "terms", "total_cycles", "compute_cycles",
+                                              "stall_cycles", "utilisation", "mapping_efficiency", "dram_bytes",
+                                              "sram_bytes", "roofline")},
                      "energy_uj": entry["energy_pj"]["total"] * 1e-6})
     offloaded = sum(r["m"] * r["k"] * r["n"] for r in rows)
+    cycles = sum(r["total_cycles"] for r in rows)
     return {"config": cfg.to_dict(), "layers": rows, "offloaded_macs": offloaded, "gemm_macs": total,
             "offloaded_fraction": offloaded / total if total else 0.0,
-            "total_cycles": sum(r["total_cycles"] for r in rows),
-            "latency_us": sum(r["total_cycles"] for r in rows) / cfg.clock_mhz}
+            "total_cycles": cycles, "compute_cycles": sum(r["compute_cycles"] for r in rows),
+            "dram_bytes": sum(r["dram_bytes"] for r in rows), "energy_uj": sum(r["energy_uj"] for r in rows),
+            "latency_us": cycles / cfg.clock_mhz}
+
+
+def format_accelerator(acc: dict) -> list[str]:
+    """The per-layer accelerator table (``accelc compile -t sim`` and ``accelc report -t sim``)."""
+    arr = acc["config"]["array"]
+    out = [f"\nsimulated accelerator ({arr['rows']}×{arr['cols']} {arr['pe_type']} PEs, {arr['dataflow']} "
+           f"dataflow, {acc['config']['clock_mhz']} MHz): {len(acc['layers'])} layers offloaded, "
+           f"{acc['offloaded_fraction'] * 100:.1f}% of the constant-weight GEMM MACs",
+           f"  {'layer':<36}{'op':>11}{'M×K×N':>16}{'cycles':>10}{'stall':>9}{'util':>6}{'map':>6}"
+           f"{'DRAM':>8}{'SRAM':>8}{'µJ':>8}{'MAC/B':>7}{'MAC/cyc':>9}{'roof':>7}"]
+    for r in acc["layers"]:
+        name = r["name"] if len(r["name"]) <= 35 else "…" + r["name"][-34:]
+        op = r["op"] + (f"×{r['terms']}" if r["op"] == "shift_gemm" else "")
+        roof = r["roofline"]
+        mkn = f"{r['m']}×{r['k']}×{r['n']}"
+        out.append(f"  {name:<36}{op:>11}{mkn:>16}{r['total_cycles']:>10}"
+                   f"{r['stall_cycles']:>9}{r['utilisation']:>6.2f}{r['mapping_efficiency']:>6.2f}"
+                   f"{_fmt_count(r['dram_bytes']):>8}{_fmt_count(r['sram_bytes']):>8}{r['energy_uj']:>8.2f}"
+                   f"{roof['intensity']:>7.1f}{roof['attained']:>9.1f}{roof['roof']:>7.0f}")
+    stall = acc["total_cycles"] - acc["compute_cycles"]
+    out.append(f"  total: {acc['total_cycles']} cycles = {acc['latency_us']:.1f} µs on the accelerator "
+               f"({stall} stall), {_fmt_count(acc['dram_bytes'])}B DRAM traffic, {acc['energy_uj']:.2f} µJ")
+    out.append("  (util: PE actions / (cycles·R·C); map: SCALE-Sim mapping efficiency over the tiles; "
+               "roofline: PE actions per DRAM byte, attained and bound actions per cycle)")
+    return out
 
 
 _ATTENTION_KERNELS = ("linear_attention", "polarized_attention")
@@ -259,18 +292,7 @@ def format_report(report: dict) -> str:
         out.append(f"  {'energy, 45 nm (µJ)':<32}{t['energy_uj_before']:>10.2f}{t['energy_uj_after']:>13.2f}"
                    f"   (compute + weight DRAM reads)")
     if "accelerator" in report:
-        acc = report["accelerator"]
-        arr = acc["config"]["array"]
-        out.append(f"\nsimulated accelerator ({arr['rows']}×{arr['cols']} {arr['pe_type']} PEs, {arr['dataflow']} "
-                   f"dataflow, {acc['config']['clock_mhz']} MHz): {len(acc['layers'])} layers offloaded, "
-                   f"{acc['offloaded_fraction'] * 100:.1f}% of the constant-weight GEMM MACs")
-        out.append(f"  {'layer':<44}{'M×K×N':>16}{'cycles':>10}{'stall':>9}{'util':>7}{'energy µJ':>11}")
-        for r in acc["layers"]:
-            name = r["name"] if len(r["name"]) <= 43 else "…" + r["name"][-42:]
-            mkn = f"{r['m']}×{r['k']}×{r['n']}"
-            out.append(f"  {name:<44}{mkn:>16}{r['total_cycles']:>10}{r['stall_cycles']:>9}"
-                       f"{r['utilisation']:>7.2f}{r['energy_uj']:>11.3f}")
-        out.append(f"  total: {acc['total_cycles']} cycles = {acc['latency_us']:.1f} µs on the accelerator")
+        out.extend(format_accelerator(report["accelerator"]))
     if "latency_ms" in report:
         lat = report["latency_ms"]
         out.append(f"\nlatency on {report['target']}: {lat['original']:.3f} ms → {lat['rewritten']:.3f} ms "

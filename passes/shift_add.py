@@ -242,12 +242,13 @@ def _is_const(expr) -> bool:
     return isinstance(expr, tvm.ir.GenericConst) and hasattr(expr.value, "numpy")
 
 
-def select(candidates: list[Candidate], opts: ShiftAddOptions) -> list[Candidate]:
-    """Mark the candidates to rewrite; raises when a layer pattern matches nothing."""
+def select(candidates: list[Candidate], opts, who: str = "shift-add") -> list[Candidate]:
+    """Mark the candidates to rewrite (``opts``: ``layers``, ``exclude``, ``keep_first``,
+    ``keep_last``); raises when a layer pattern matches nothing (``who``: the pass's name)."""
     for pats, knob in ((opts.layers, "layers"), (opts.exclude, "exclude")):
         for p in pats:
             if not any(matches(c.name, [p]) for c in candidates):
-                raise PassError(f"shift-add: {knob} pattern '{p}' matches no layer "
+                raise PassError(f"{who}: {knob} pattern '{p}' matches no layer "
                                 f"(layers: {_layer_list(candidates)})")
     for c in candidates:
         if c.unsupported:
@@ -394,20 +395,9 @@ def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
         func, consts, info = rewrite_weights(cand, opts, (hessians or {}).get(cand.name))
         infos.append(info)
         gv = bb.add_func(func.without_attr("global_symbol"), info.kernel)
-        x = call.args[0]
-        shape = static_shape(x)
-        k, n = cand.weight.shape
-        if cand.conv is not None:
-            x2 = _emit_patches(bb, x, cand.conv)
-        else:
-            x2 = bb.emit(relax.op.reshape(x, (cand.rows, k)))
-        y2 = bb.emit(relax.call_tir(gv, [x2] + [relax.const(a) for a in consts],
-                                    _tensor_type((cand.rows, n), "float32")))
-        if cand.conv is not None:  # rows (n, oh, ow) × channels → NCHW
-            g = cand.conv
-            y4 = bb.emit(relax.op.reshape(y2, (g.batch, g.out_hw[0], g.out_hw[1], n)))
-            return relax.op.permute_dims(y4, [0, 3, 1, 2])
-        return relax.op.reshape(y2, shape[:-1] + [n])
+        n = cand.weight.shape[1]
+        return emit_layer(bb, call, cand, lambda x2: bb.emit(relax.call_tir(
+            gv, [x2] + [relax.const(a) for a in consts], _tensor_type((cand.rows, n), "float32"))))
 
     new = replace_calls(mod, {c.call: c for c in chosen}, emit)
     record = {"pass": "shift-add", "options": options_record(opts), "describe": opts.describe(),
@@ -415,6 +405,26 @@ def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
                          "rows": c.rows, "why": c.why_dense} for c in candidates if not c.chosen],
               "layers": [asdict(i) for i in infos]}
     return append_record(mod, new, record)
+
+
+def emit_layer(bb, call, cand: Candidate, matmul):
+    """A rewritten layer in the graph: its input as the ``[rows, K]`` matrix (reshape, or
+    im2col for a conv), ``matmul(x2) -> [rows, N]`` (the rewrite's kernel call), and the
+    result back in the layer's output shape (NCHW for a conv)."""
+    from tvm import relax
+
+    x = call.args[0]
+    n = cand.weight.shape[1]
+    if cand.conv is not None:
+        x2 = _emit_patches(bb, x, cand.conv)
+    else:
+        x2 = bb.emit(relax.op.reshape(x, (cand.rows, cand.weight.shape[0])))
+    y2 = matmul(x2)
+    if cand.conv is not None:  # rows (n, oh, ow) × channels → NCHW
+        g = cand.conv
+        y4 = bb.emit(relax.op.reshape(y2, (g.batch, g.out_hw[0], g.out_hw[1], n)))
+        return relax.op.permute_dims(y4, [0, 3, 1, 2])
+    return relax.op.reshape(y2, static_shape(x)[:-1] + [n])
 
 
 def _emit_patches(bb, x, g: ConvGeometry):

@@ -37,6 +37,8 @@ from .base import (
 )
 
 _FLOAT = ("float32", "float64", "float16", "bfloat16")
+#: Accumulator dtypes the rule takes: float GEMMs and int8 × int8 → int32 (schedules/int8.py).
+_ACC = _FLOAT + ("int32",)
 _S, _I, _J, _K = IterKind.kIter_S, IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K
 
 
@@ -122,7 +124,7 @@ class Matmul(CPURule):
             return None
         main = reductions[0]
         stmt = sch.get(main)
-        if detect_iter_traits(stmt) is None or str(stmt.writes[0].source.dtype) not in _FLOAT:
+        if detect_iter_traits(stmt) is None or str(stmt.writes[0].source.dtype) not in _ACC:
             return None
         if not _is_multiply_accumulate(stmt):
             return None

@@ -184,7 +184,10 @@ def _csr(mach: _Machine, ctx, m, n, nnz, indptr_addr, indices_addr):
 
 
 def _matmul_exact(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
-    """Exact int64 ``a @ b`` (float64 BLAS while every partial sum stays below 2**53)."""
+    """Exact int64 ``a @ b``: float32 BLAS while every partial sum stays below 2**24 (int8
+    tiles up to k = 1024), float64 below 2**53, else int64."""
+    if bound < 2**24:
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
     if bound < 2**53:
         return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
     return a.astype(np.int64) @ b.astype(np.int64)

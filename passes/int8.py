@@ -1,0 +1,138 @@
+"""``accelc.int8``: constant-weight matmuls and convs → int8 × int8 → int32 GEMMs.
+
+The reparameterization a MAC PE array needs (the simulated accelerator's ``mac`` PEs compute
+int8 × int8 → int32), measured like the others. Same layers as the shift-add rewrite
+(``R.matmul`` with a 2-D float32 constant weight, also transposed; NCHW/OIHW ``conv2d`` as
+its im2col matmul; grouped convs stay dense).
+
+Rewrite per layer: weights quantized symmetrically per output channel at compile time
+(``wq = round(W / sw)``, ``sw[n] = max|W[:, n]| / 127``); activations quantized at run time
+by the host, symmetrically per row (``act=row``: per token / output pixel) or per tensor
+(``act=tensor``): ``sx = max|x| / 127``, ``xq = clip(round(x / sx), -127, 127)``; then
+``call_tir(int8_matmul, xq, wq, sx, sw)`` = ``float(xq @ wq) · sx[i] · sw[j]``
+(``schedules/int8.py``). The integer product is exact, so the CPU build and the ``-t sim``
+build (which runs it on the MAC array) agree bit for bit.
+
+Knobs: the options dataclass. Validate: ``accelc report MODEL --passes int8``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import PassError
+from . import append_record, check_knobs, options_record, register, replace_calls, static_shape
+from .naming import module_weight_names
+from .shift_add import LayerRewrite, _patterns, _probe_cos, emit_layer, find_candidates, select
+
+ACT = ("row", "tensor")
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    act: str = "row"  # activation scale: one per row (token / output pixel) or one per tensor
+    layers: tuple = ()  # allow patterns (fnmatch over ONNX node names); empty = every layer
+    exclude: tuple = ()  # deny patterns
+    keep_first: bool = False  # leave the first matched layer in float32
+    keep_last: bool = False  # leave the last matched layer in float32
+
+    def __post_init__(self):
+        check_knobs(self, [("act", self.act in ACT, f"one of {', '.join(ACT)}")])
+        object.__setattr__(self, "layers", _patterns(self.layers))
+        object.__setattr__(self, "exclude", _patterns(self.exclude))
+
+    def describe(self) -> str:
+        return f"w8 per-channel, a8 per-{self.act}"
+
+
+def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8: ``(wq int8 [K, N], sw float32 [N])``; an all-zero
+    channel gets scale 1 (its codes are 0)."""
+    amax = np.abs(w).max(axis=0).astype(np.float32)
+    sw = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    wq = np.clip(np.rint(w / sw), -127, 127).astype(np.int8)
+    return wq, sw
+
+
+def quantize_activation(x: np.ndarray, act: str = "row") -> tuple[np.ndarray, np.ndarray]:
+    """NumPy reference of the host's run-time quantizer: ``(xq int8 [M, K], sx float32 [M])``."""
+    x = np.asarray(x, np.float32)
+    amax = np.abs(x).max(axis=1) if act == "row" else np.full(x.shape[0], np.abs(x).max(), np.float32)
+    sx = (np.maximum(amax, np.float32(1e-30)) / np.float32(127)).astype(np.float32)
+    return np.clip(np.rint(x / sx[:, None]), -127, 127).astype(np.int8), sx
+
+
+@register("int8", Int8Options)
+def int8(options: Int8Options | None = None):
+    """W8A8: constant-weight matmuls/convs → int8 GEMMs (per-channel weights, dynamic activations)."""
+    from . import module_pass
+
+    opts = options or Int8Options()
+
+    @module_pass("accelc.int8")
+    def transform(mod, _ctx):
+        return run(mod, opts)
+
+    return transform
+
+
+def _emit_quantize(bb, x2, act: str):
+    """Host side: ``(xq int8 [M, K], sx float32 [M])`` of ``x2`` float32 ``[M, K]`` (Relax ops,
+    so the CPU and sim builds compile the same code)."""
+    from tvm import relax
+
+    op = relax.op
+    m = static_shape(x2)[0]
+    amax = op.max(op.abs(x2), axis=[1] if act == "row" else None, keepdims=act == "row")
+    sx = bb.emit(op.divide(op.maximum(amax, relax.const(np.float32(1e-30))), relax.const(np.float32(127))))
+    q = op.clip(op.round(op.divide(x2, sx)), -127, 127)
+    xq = bb.emit(op.astype(q, "int8"))
+    sx_rows = op.reshape(sx, (m,)) if act == "row" else op.broadcast_to(op.reshape(sx, (1,)), (m,))
+    return xq, bb.emit(sx_rows)
+
+
+def run(mod, opts: Int8Options):
+    """The pass body on an IRModule (see the module docstring)."""
+    from tvm import relax
+
+    from ..schedules.int8 import int8_matmul
+
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise PassError("int8: the module has no 'main' function")
+    candidates = find_candidates(mod[mod.get_global_var("main")], module_weight_names(mod))
+    chosen = select(candidates, opts, who="int8")
+    if not chosen:
+        print(f"accelc: int8: nothing to rewrite ({len(candidates)} constant-weight matmuls, none selected); "
+              f"the model compiles unchanged", file=sys.stderr)
+        return mod
+    infos: list[LayerRewrite] = []
+
+    def emit(bb, call, cand, _remap):
+        w = cand.weight
+        k, n = w.shape
+        wq, sw = quantize_weight(w)
+        func = int8_matmul(cand.rows, k, n)
+        gv = bb.add_func(func.without_attr("global_symbol"), "int8_matmul")
+        deq = wq.astype(np.float32) * sw
+        macs = cand.rows * k * n
+        infos.append(LayerRewrite(cand.name, k, n, cand.rows, "int8_matmul", w.nbytes, wq.nbytes + sw.nbytes,
+                                  float(np.linalg.norm(deq - w) / max(np.linalg.norm(w), 1e-30)),
+                                  _probe_cos(w, deq),
+                                  {"mult": macs, "add": macs, "shift": 0, "lut": 0, "datapath": "int8"}, cand.op))
+
+        def matmul(x2):
+            xq, sx = _emit_quantize(bb, x2, opts.act)
+            return bb.emit(relax.call_tir(gv, [xq, relax.const(wq), sx, relax.const(sw)],
+                                          relax.TensorType((cand.rows, n), "float32")))
+
+        return emit_layer(bb, call, cand, matmul)
+
+    new = replace_calls(mod, {c.call: c for c in chosen}, emit)
+    record = {"pass": "int8", "options": options_record(opts), "describe": opts.describe(),
+              "dense": [{"name": c.name, "op": c.op, "k": int(c.weight.shape[0]), "n": int(c.weight.shape[1]),
+                         "rows": c.rows, "why": c.why_dense} for c in candidates if not c.chosen],
+              "layers": [asdict(i) for i in infos]}
+    return append_record(mod, new, record)

@@ -1,0 +1,131 @@
+"""The int8 rewrite: the int8 GEMM kernel bit-exact against NumPy under the CPU rule, the pass
+against a NumPy model of itself, its fidelity on a conv net, and the sim target running every
+int8 layer on the MAC array with outputs equal to the CPU build bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import accelc
+from accelc.passes.int8 import quantize_activation, quantize_weight
+from accelc.schedules.cpu.matmul import Matmul
+from accelc.schedules.int8 import dequantize, int8_matmul
+from accelc.targets import cpu
+from accelc.targets.sim import offload
+from accelc.tests.util import mlp_model
+
+DIMS = st.integers(1, 9) | st.integers(10, 80)
+
+
+def _build(func):
+    """``func`` scheduled by the CPU target's default rules, as the pipeline does (the matmul
+    rule takes every shape but degenerate ones like 1×1×1)."""
+    from tvm.s_tir import dlight as dl
+
+    from accelc.schedules.cpu import default_rules
+
+    target = cpu.host_target()
+    m, k, n = (int(func.attrs[f"accelc.{d}"]) for d in "mkn")
+    if min(m, k, n) > 1:
+        assert Matmul().apply(func, target, False) is not None, "the CPU matmul rule must take the int8 GEMM"
+    with target:
+        mod = dl.ApplyDefaultSchedule(*default_rules())(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+    return tvm.tirx.build(mod["main"], target)
+
+
+def _run(lib, args, out_shape, out_dtype):
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    return out.numpy()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=DIMS, k=DIMS, n=DIMS, seed=st.integers(0, 2**16))
+def test_int8_gemm_is_bit_exact(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    xq = rng.integers(-128, 128, (m, k), dtype=np.int8)  # -128 too: the widest products
+    wq = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    got = _run(_build(int8_matmul(m, k, n, dequantize=False)), [xq, wq], (m, n), "int32")
+    np.testing.assert_array_equal(got, xq.astype(np.int64) @ wq.astype(np.int64))
+
+
+def test_int8_gemm_dequantizes_like_the_host_kernel():
+    rng = np.random.default_rng(1)
+    m, k, n = 19, 70, 45
+    xq = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    wq = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    sx = rng.uniform(0.01, 0.1, m).astype(np.float32)
+    sw = rng.uniform(0.001, 0.01, n).astype(np.float32)
+    got = _run(_build(int8_matmul(m, k, n)), [xq, wq, sx, sw], (m, n), "float32")
+    want = (xq.astype(np.int64) @ wq.astype(np.int64)).astype(np.float32) * sx[:, None] * sw[None, :]
+    np.testing.assert_array_equal(got, want)
+    # the sim target's host half: the same float ops in the same order
+    acc = (xq.astype(np.int64) @ wq.astype(np.int64)).astype(np.int32)
+    lib = tvm.tirx.build(dequantize(m, n, True).with_attr("global_symbol", "main"), cpu.host_target())
+    np.testing.assert_array_equal(_run(lib, [acc, sx, sw], (m, n), "float32"), want)
+    with pytest.raises(ValueError, match="overflow"):
+        int8_matmul(2, 2**17 + 1, 2)
+
+
+def test_quantizers():
+    w = np.array([[0.5, 0.0, -2.0], [-1.0, 0.0, 1.0]], np.float32)
+    wq, sw = quantize_weight(w)
+    np.testing.assert_array_equal(wq, [[64, 0, -127], [-127, 0, 64]])
+    np.testing.assert_allclose(sw, [1 / 127, 1.0, 2 / 127], rtol=1e-7)
+    x = np.array([[1.0, -0.5], [0.0, 0.0]], np.float32)
+    xq, sx = quantize_activation(x, "row")
+    np.testing.assert_array_equal(xq, [[127, -64], [0, 0]])  # -63.5 rounds to even
+    xq_t, sx_t = quantize_activation(x * 2, "tensor")
+    assert (sx_t == sx_t[0]).all() and xq_t[0, 0] == 127
+
+
+def _reference_mlp(model, x, act):
+    """The int8-rewritten MLP in NumPy: quantize both linears, ReLU in between."""
+    import onnx.numpy_helper as nh
+
+    w = {t.name: nh.to_array(t) for t in model.graph.initializer}
+    h = x
+    for i, (wname, bname) in enumerate((("w1", "b1"), ("w2", "b2"))):
+        wq, sw = quantize_weight(w[wname])
+        xq, sx = quantize_activation(h, act)
+        acc = (xq.astype(np.int64) @ wq.astype(np.int64)).astype(np.float32)
+        h = acc * sx[:, None] * sw[None, :] + w[bname]
+        if i == 0:
+            h = np.maximum(h, 0)
+    return h
+
+
+@pytest.mark.parametrize("act", ["row", "tensor"])
+def test_int8_mlp_matches_its_numpy_model(act):
+    model = mlp_model(batch=8, d_in=40, d_hidden=56, d_out=12)
+    x = np.random.default_rng(3).standard_normal((8, 40)).astype(np.float32)
+    got = accelc.compile(model, passes=[f"int8:act={act}"]).run({"x": x})["y"]
+    np.testing.assert_allclose(got, _reference_mlp(model, x, act), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_mlp_on_the_simulator_is_bit_exact_and_really_offloaded(capsys):
+    model = mlp_model(batch=8, d_in=64, d_hidden=96, d_out=32)
+    feeds = {"x": np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)}
+    cpu_y = accelc.compile(model, passes=["int8"]).run(feeds)["y"]
+    sim_model = accelc.compile(model, target="sim", passes=["int8"])
+    offload.reset_log()
+    np.testing.assert_array_equal(sim_model.run(feeds)["y"], cpu_y)
+    assert [(r["op"], r["m"], r["k"], r["n"], r["macs"]) for r in offload.RUN_LOG] == \
+        [("gemm", 8, 64, 96, 8 * 64 * 96), ("gemm", 8, 96, 32, 8 * 96 * 32)]
+    # a shift-add-only machine has no MAC PEs: the int8 layers stay on the host, with a notice
+    offload.reset_log()
+    accelc.compile(model, target="sim", passes=["int8"], target_options={"sim_config": _shift_only_cfg()})
+    assert "2 int8_matmul layer(s) need 'mac' PEs" in capsys.readouterr().err
+
+
+def _shift_only_cfg():
+    import tempfile
+
+    path = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    path.write('[array]\npe_type = "shift-add"\n')
+    path.close()
+    return path.name
