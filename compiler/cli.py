@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="without --calib: calibrate on this many seeded samples (seeds 1..N; the "
                          "comparison runs on seed 0), default 4")
 
+    _add_tune_parser(sub)
+
     d = sub.add_parser("demo", help="compile, run and check a bundled example against onnxruntime",
                        description="The quick start: build a zoo model, compile it for the CPU, export and "
                                    "reload the artifact, check its outputs against onnxruntime and time both.")
@@ -432,8 +434,75 @@ def cmd_demo(args) -> int:
         return 0 if worst.ok else 1
 
 
+def _add_tune_parser(sub) -> None:
+    t = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule into a database (resumable)",
+                       description="Extract the model's kernels (after --passes), split --trials over them by "
+                                   "impact (calls x default-schedule latency), search with MetaSchedule and "
+                                   "append every measured schedule to a stock MetaSchedule JSON database. "
+                                   "Re-running on the same --db resumes: nothing measured is lost or measured "
+                                   "again. Writes DIR/curve.json and DIR/curve.png; apply the database with "
+                                   "`accelc compile MODEL --db DIR`.")
+    t.add_argument("model", help="model file (.onnx, or .py with TVMScript) or zoo model name")
+    t.add_argument("-t", "--target", default="cpu", help="cpu (default; this host through LLVM) or sim (the "
+                   "simulated accelerator's kernels)")
+    t.add_argument("--trials", type=int, default=64,
+                   help="measured schedules in total for the model's tasks, those already in --db included "
+                        "(default 64; each task's default schedule is measured once on top)")
+    t.add_argument("--db", metavar="DIR", help="database directory, created or resumed (default: "
+                                                "MODEL-TARGET.tune in the current directory)")
+    t.add_argument("--cost-model", default="xgb", choices=["xgb", "tvm-xgb", "random"],
+                   help="what ranks candidates before measuring (default xgb); saved in DIR at the end, "
+                        "and the next run on DIR warm-starts from it")
+    t.add_argument("--cost-model-warm-start", metavar="PATH", help="start the cost model from this saved one")
+    t.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on the RPC servers registered with this "
+                   "TVM tracker under KEY (python -m tvm.exec.rpc_tracker / rpc_server)")
+    t.add_argument("--tasks", action="append", default=[], metavar="SUBSTRING",
+                   help="tune only tasks whose name contains this (repeatable)")
+    t.add_argument("--batch", type=int, default=32, help="candidates measured per batch (default 32); the "
+                   "database is synced to disk after each batch")
+    t.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_shape_args(t)
+    t.add_argument("--passes", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                   help="graph pass to run first, as for compile (repeatable; compile with the same ones)")
+    _add_calib_arg(t)
+    t.add_argument("--no-fast-math", action="store_true", help="as for compile (use the same setting there)")
+    t.add_argument("--sim-config", metavar="CFG.toml", help="with -t sim: the accelerator's machine config")
+    t.add_argument("--mcpu", help="LLVM CPU to tune for (default: this host)")
+    t.add_argument("--num-cores", type=int, help="cores the schedules may use (default: this process's CPUs)")
+
+
+def cmd_tune(args) -> int:
+    from .. import models
+    from ..fileio import native_stderr_silenced
+    from ..schedules.tuning import driver
+
+    model, stem = args.model, Path(args.model).stem
+    if not Path(model).exists() and model in models.names():
+        model = models.build(model)
+    db = Path(args.db or f"{stem}-{args.target}.tune")
+    with native_stderr_silenced():
+        res = driver.tune(model, args.target, args.trials, db, cost_model=args.cost_model,
+                          warm_start=args.cost_model_warm_start, rpc=args.rpc, passes=args.passes,
+                          input_shapes=_shapes(args.input_shape), calibration=args.calib,
+                          fast_math=not args.no_fast_math, target_options=_target_options(args), only=args.tasks,
+                          batch=args.batch, seed=args.seed, progress=not args.no_progress)
+    print(res.curve.table())
+    for note in res.notes:
+        print(f"note: {note}")
+    skipped = f", {res.skipped} candidate(s) skipped as already measured" if res.skipped else ""
+    print(f"measured {res.measured} new schedule(s){skipped}; database {db} "
+          f"({sum(1 for _ in open(db / 'database_tuning_record.json'))} records), reports {db / 'curve.json'}, "
+          f"{db / 'curve.png'}")
+    same = "".join(f" --passes {p}" for p in args.passes) + "".join(f" --input-shape {s}" for s in args.input_shape)
+    same += " --no-fast-math" if args.no_fast_math else ""
+    print(f"apply it: accelc compile {args.model} -t {args.target} --db {db}{same} -o OUT.so")
+    return 0
+
+
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "bench": cmd_bench, "inspect": cmd_inspect,
-            "models": cmd_models, "passes": cmd_passes, "report": cmd_report, "demo": cmd_demo}
+            "models": cmd_models, "passes": cmd_passes, "report": cmd_report, "demo": cmd_demo,
+            "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,7 @@ def build(imported: ImportedModel, target: str = "cpu", passes: Sequence = (), d
     spec = targets.get(target)
     tvm_target = spec.make(**(target_options or {}))
     mod, pass_names = apply_passes(imported, passes, calibration)
-    db = _open_database(database)
+    db = _open_database(database, tvm_target)
     try:
         with tvm.transform.PassContext(opt_level=3), native_stderr_silenced():
             ex = tvm.compile(mod, tvm_target,
@@ -134,19 +134,16 @@ def _isa(target_name: str, tvm_target) -> list[str]:
     return []
 
 
-def _open_database(database):
+def _open_database(database, target):
     if database is None:
         return None
     from tvm.s_tir import meta_schedule as ms
 
     if isinstance(database, ms.database.Database):
         return database
-    from ..errors import UsageError
+    from ..schedules.tuning.database import open_database
 
-    path = os.fspath(database)
-    if not os.path.isdir(path):
-        raise UsageError(f"tuning database {path} does not exist")
-    return ms.database.JSONDatabase(work_dir=path, allow_missing=False)
+    return open_database(os.fspath(database), target).db  # refuses corrupt or foreign databases
 
 
 def _first_error_line(err: Exception) -> str:

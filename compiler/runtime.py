@@ -127,7 +127,14 @@ class CompiledModel:
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
             ) -> dict[str, np.ndarray]:
         """Run once; returns ``{output name: array}`` (only ``output_names`` if given)."""
-        outs = self._invoke(self._args(feeds))
+        args = self._args(feeds)
+        if self.meta.accelerator and self.meta.accelerator.get("layers"):
+            from ..targets.sim import offload
+
+            with offload.progress(len(self.meta.accelerator["layers"]), self.meta.name):
+                outs = self._invoke(args)
+        else:
+            outs = self._invoke(args)
         result = {spec.name: _to_numpy(o, spec) for spec, o in zip(self.meta.outputs, outs)}
         if output_names is None:
             return result

@@ -16,7 +16,8 @@ from accelc.compiler.frontend import import_model
 from accelc.targets.sim import offload
 from accelc.tests.util import require_minilm
 
-CASES = [(name, "int8") for name in models.names()] + [("deit-tiny", "shift-add:terms=2")]
+SHIFT = "shift-add:terms=2"
+CASES = [(name, "int8") for name in models.names()] + [("gpt2-like", SHIFT), ("deit-tiny", SHIFT)]
 
 
 @pytest.mark.parametrize("name,spec", CASES, ids=[f"{n}-{s.split(':')[0]}" for n, s in CASES])

@@ -14,6 +14,7 @@ energy) to :data:`RUN_LOG`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -22,6 +23,8 @@ from .config import MachineConfig
 
 #: Per-layer records of the offloaded calls, in call order (cleared by :func:`reset_log`).
 RUN_LOG: list[dict] = []
+#: The progress bar of the inference being simulated (see :func:`progress`), or None.
+_BAR: list = [None]
 #: The layers the last compile offloaded, in program order: ``{"op", "m", "k", "n", "terms"}``
 #: (the compile-time view; :func:`estimate` times each without running the model).
 PLAN: list[dict] = []
@@ -126,6 +129,9 @@ def _run_layer(kind: str, x, w, out, terms: int) -> None:
     result = simulate(_program(kind, m, k, n, terms), dict(zip(_names(kind), (x, w))), current_config())
     out.copyfrom(result["outputs"]["C"])
     RUN_LOG.append(_record(kind, m, k, n, terms, result))
+    if _BAR[0] is not None:
+        _BAR[0].set_postfix_str(f"{sum(r['total_cycles'] for r in RUN_LOG[-_BAR[0].n - 1:])} cycles", refresh=False)
+        _BAR[0].update()
 
 
 @lru_cache(maxsize=256)
@@ -158,6 +164,21 @@ def program_module(plan: list[dict] | None = None, names: list[str] | None = Non
         name = f"l{i}_" + re.sub(r"[^A-Za-z0-9_]", "_", label).strip("_")
         progs += programs(_lower(p["op"], p["m"], p["k"], p["n"], p["terms"], name=name, prefix=f"l{i}_"))
     return make_module([prog.clone() for prog in progs])
+
+
+@contextmanager
+def progress(layers: int, label: str):
+    """A progress bar over one inference's simulated layers (shown on a terminal only; the
+    functional simulation of a large model takes seconds per layer)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=layers, desc=f"simulating {label}", unit="layer", leave=False, disable=None)
+    _BAR[0] = bar
+    try:
+        yield bar
+    finally:
+        _BAR[0] = None
+        bar.close()
 
 
 def _shift_gemm(xq, w, out) -> None:
