@@ -43,13 +43,17 @@ def _sim() -> TargetSpec:
     def make(sim_config=None, **cpu_options):
         from .sim.config import load_config
 
+        from .sim.tensorize import register_intrinsics
+
         offload.set_config(load_config(sim_config) if sim_config else offload.default_config())
+        register_intrinsics(offload.current_config())  # before a database of sim records opens
         offload.register_runtime()
         return cpu.host_target(**cpu_options)
 
     def pipeline(target=None, database=None, fast_math: bool = True):
         import tvm
 
+        offload.set_database(database)
         return tvm.transform.Sequential([offload.offload_pass(),
                                          cpu.pipeline(target, database=database, fast_math=fast_math)])
 

@@ -111,3 +111,37 @@ def test_compile_prints_the_table_and_emits_the_program_that_round_trips(tmp_pat
     assert main(["compile", str(path), "--emit-mlir", str(tmp_path / "x.mlir"), "-o", str(tmp_path / "x.so")]) == 2
     assert "--emit-mlir applies to -t sim only" in capsys.readouterr().err
     assert not (tmp_path / "x.mlir").exists()
+
+
+def test_a_tuned_tiling_from_the_database_replaces_the_default(tmp_path):
+    """Tune one layer's accelerator tiling (MetaSchedule, simulated cycles), then compile with
+    ``database=``: that layer's program comes from the record — fewer cycles — and the build
+    still equals the CPU build bit for bit."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.targets.sim.tensorize import workload
+    from accelc.targets.sim.tuning import tuning_components
+
+    model = mlp_model(batch=64, d_in=256, d_hidden=512, d_out=16)
+    feeds = {"x": np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)}
+    shapes = {"x": (64, 256)}
+    default = accelc.compile(model, target="sim", passes=["int8"], input_shapes=shapes)
+    fc1 = default.meta.accelerator["layers"][0]
+    assert (fc1["m"], fc1["k"], fc1["n"]) == (64, 256, 512)
+    cfg = offload.current_config()
+    comps = tuning_components(cfg)
+    ms.tune_tir(workload("gemm", 64, 256, 512, 1, cfg), comps["target"], str(tmp_path), max_trials_global=16,
+                num_trials_per_iter=16, space=comps["space"], builder=comps["builder"], runner=comps["runner"],
+                cost_model=ms.cost_model.RandomModel(seed=0), seed=0, num_tuning_cores=1,
+                strategy=ms.search_strategy.EvolutionarySearch(population_size=32, init_min_unmeasured=16))
+    best = min(float(r.run_secs[0]) for r in ms.database.JSONDatabase(work_dir=str(tmp_path)).get_all_tuning_records())
+    tuned = accelc.compile(model, target="sim", passes=["int8"], input_shapes=shapes, database=str(tmp_path))
+    layer = tuned.meta.accelerator["layers"][0]
+    assert layer["total_cycles"] == round(best * cfg.clock_mhz * 1e6)  # the record's program, re-timed
+    assert layer["total_cycles"] < fc1["total_cycles"]
+    assert tuned.meta.accelerator["layers"][1]["total_cycles"] == default.meta.accelerator["layers"][1]["total_cycles"]
+    cpu = accelc.compile(model, passes=["int8"], input_shapes=shapes).run(feeds)["y"]
+    offload.reset_log()
+    np.testing.assert_array_equal(tuned.run(feeds)["y"], cpu)
+    assert offload.RUN_LOG[0]["total_cycles"] == layer["total_cycles"]
+    offload.set_database(None)

@@ -38,6 +38,8 @@ def default_config() -> MachineConfig:
 
 
 _CONFIG: list[MachineConfig] = [default_config()]
+#: The tuning database the compile was given (``--db``), or None.
+_DATABASE: list = [None]
 
 
 def set_config(cfg: MachineConfig) -> None:
@@ -48,6 +50,14 @@ def set_config(cfg: MachineConfig) -> None:
     _estimate.cache_clear()
 
 
+def set_database(database) -> None:
+    """The tuning database whose sim records choose the layers' tilings (None: defaults)."""
+    if database is not _DATABASE[0]:
+        _DATABASE[0] = database
+        _program.cache_clear()
+        _estimate.cache_clear()
+
+
 def current_config() -> MachineConfig:
     return _CONFIG[0]
 
@@ -56,30 +66,14 @@ def reset_log() -> None:
     RUN_LOG.clear()
 
 
-def _tiles(cfg: MachineConfig, m: int, k: int, n: int, a_bytes: int = 4) -> tuple[int, int, int]:
-    """Array-aligned tiles that fit the scratchpads double-buffered (``a_bytes`` per
-    activation: 4 for the shift-add array's int32, 1 for int8)."""
-    sp = cfg.scratchpad
-    tm = min(m, cfg.rows * 2)
-    tn = min(n, cfg.cols * 2)
-    tk = min(k, cfg.rows * 4)
-    while tk > 1 and (2 * tm * tk * a_bytes > sp.ifmap_bytes or 2 * tk * tn > sp.filter_bytes):
-        tk = max(1, tk // 2)
-    while tm > 1 and 2 * tm * tn * 4 > sp.ofmap_bytes:
-        tm = max(1, tm // 2)
-    return tm, tk, tn
-
-
 def _lower(kind: str, m: int, k: int, n: int, terms: int, name: str | None = None, prefix: str = ""):
-    """The layer's ``accel`` program (``prefix`` on its DRAM buffer names, so several layers
-    can share one module and one DRAM)."""
-    from .program import lower_gemm, lower_shift_gemm
+    """The layer's ``accel`` program: its TIR workload scheduled onto the ISA (the tuning
+    database's best tiling when ``--db`` has one for this shape and machine, else the default
+    tiles), tensorized and translated (``targets/sim/tuning.program_for``). ``prefix`` goes on
+    its DRAM buffer names, so several layers can share one module and one DRAM."""
+    from .tuning import program_for
 
-    tm, tk, tn = _tiles(current_config(), m, k, n, a_bytes=4 if kind == "shift_gemm" else 1)
-    if kind == "shift_gemm":
-        return lower_shift_gemm(m, k, n, tm, tk, tn, terms=terms, name=name or kind, x=prefix + "X",
-                                w=prefix + "W", c=prefix + "C")
-    return lower_gemm(m, k, n, tm, tk, tn, name=name or kind, a=prefix + "A", b=prefix + "B", c=prefix + "C")
+    return program_for(kind, m, k, n, terms, current_config(), _DATABASE[0], name=name, prefix=prefix)
 
 
 @lru_cache(maxsize=256)
@@ -294,5 +288,5 @@ def offload_pass():
     return transform
 
 
-__all__ = ["PLAN", "RUN_LOG", "current_config", "estimate", "program_module", "default_config", "offload_pass", "offloadable", "register_runtime", "reset_log", "set_config",
+__all__ = ["PLAN", "RUN_LOG", "current_config", "set_database", "estimate", "program_module", "default_config", "offload_pass", "offloadable", "register_runtime", "reset_log", "set_config",
            "unpack_codes"]
