@@ -18,15 +18,12 @@ Knobs: the options dataclass. Validate: ``accelc report MODEL --passes int8``.
 
 from __future__ import annotations
 
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import PassError
-from . import append_record, check_knobs, options_record, register, replace_calls, static_shape
-from .naming import module_weight_names
-from .shift_add import LayerRewrite, _patterns, _probe_cos, emit_layer, find_candidates, select
+from . import check_knobs, register, static_shape
+from .shift_add import LayerRewrite, _patterns, _probe_cos, rewrite_layers
 
 ACT = ("row", "tensor")
 
@@ -100,39 +97,22 @@ def run(mod, opts: Int8Options):
 
     from ..schedules.int8 import int8_matmul
 
-    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
-        raise PassError("int8: the module has no 'main' function")
-    candidates = find_candidates(mod[mod.get_global_var("main")], module_weight_names(mod))
-    chosen = select(candidates, opts, who="int8")
-    if not chosen:
-        print(f"accelc: int8: nothing to rewrite ({len(candidates)} constant-weight matmuls, none selected); "
-              f"the model compiles unchanged", file=sys.stderr)
-        return mod
-    infos: list[LayerRewrite] = []
-
-    def emit(bb, call, cand, _remap):
+    def rewrite(bb, cand):
         w = cand.weight
         k, n = w.shape
         wq, sw = quantize_weight(w)
-        func = int8_matmul(cand.rows, k, n)
-        gv = bb.add_func(func.without_attr("global_symbol"), "int8_matmul")
+        gv = bb.add_func(int8_matmul(cand.rows, k, n).without_attr("global_symbol"), "int8_matmul")
         deq = wq.astype(np.float32) * sw
         macs = cand.rows * k * n
-        infos.append(LayerRewrite(cand.name, k, n, cand.rows, "int8_matmul", w.nbytes, wq.nbytes + sw.nbytes,
-                                  float(np.linalg.norm(deq - w) / max(np.linalg.norm(w), 1e-30)),
-                                  _probe_cos(w, deq),
-                                  {"mult": macs, "add": macs, "shift": 0, "lut": 0, "datapath": "int8"}, cand.op))
+        info = LayerRewrite(cand.name, k, n, cand.rows, "int8_matmul", w.nbytes, wq.nbytes + sw.nbytes,
+                            float(np.linalg.norm(deq - w) / max(np.linalg.norm(w), 1e-30)), _probe_cos(w, deq),
+                            {"mult": macs, "add": macs, "shift": 0, "lut": 0, "datapath": "int8"}, cand.op)
 
         def matmul(x2):
             xq, sx = _emit_quantize(bb, x2, opts.act)
             return bb.emit(relax.call_tir(gv, [xq, relax.const(wq), sx, relax.const(sw)],
                                           relax.TensorType((cand.rows, n), "float32")))
 
-        return emit_layer(bb, call, cand, matmul)
+        return info, matmul
 
-    new = replace_calls(mod, {c.call: c for c in chosen}, emit)
-    record = {"pass": "int8", "options": options_record(opts), "describe": opts.describe(),
-              "dense": [{"name": c.name, "op": c.op, "k": int(c.weight.shape[0]), "n": int(c.weight.shape[1]),
-                         "rows": c.rows, "why": c.why_dense} for c in candidates if not c.chosen],
-              "layers": [asdict(i) for i in infos]}
-    return append_record(mod, new, record)
+    return rewrite_layers(mod, opts, "int8", rewrite)

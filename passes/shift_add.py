@@ -379,28 +379,38 @@ def run(mod, opts: ShiftAddOptions, hessians: dict | None = None):
     """The pass body on an IRModule (see the module docstring)."""
     from tvm import relax
 
+    def rewrite(bb, cand):
+        func, consts, info = rewrite_weights(cand, opts, (hessians or {}).get(cand.name))
+        gv = bb.add_func(func.without_attr("global_symbol"), info.kernel)
+        n = cand.weight.shape[1]
+        return info, lambda x2: bb.emit(relax.call_tir(
+            gv, [x2] + [relax.const(a) for a in consts], _tensor_type((cand.rows, n), "float32")))
+
+    return rewrite_layers(mod, opts, "shift-add", rewrite)
+
+
+def rewrite_layers(mod, opts, who: str, rewrite):
+    """The body the weight rewrites share: find the constant-weight layers of ``main``, select
+    them (``opts.layers``/``exclude``/``keep_first``/``keep_last``), replace each chosen one by
+    ``rewrite(bb, cand) -> (LayerRewrite, matmul)`` (``matmul(x2) -> y2`` on the layer's
+    ``[rows, K]`` input; :func:`emit_layer` does the rest), and record what was done."""
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
-        raise PassError("shift-add: the module has no 'main' function")
-    names = module_weight_names(mod)
-    main_gv = mod.get_global_var("main")
-    candidates = find_candidates(mod[main_gv], names)
-    chosen = select(candidates, opts)
+        raise PassError(f"{who}: the module has no 'main' function")
+    candidates = find_candidates(mod[mod.get_global_var("main")], module_weight_names(mod))
+    chosen = select(candidates, opts, who)
     if not chosen:
-        print(f"accelc: shift-add: nothing to rewrite ({len(candidates)} constant-weight matmuls, "
+        print(f"accelc: {who}: nothing to rewrite ({len(candidates)} constant-weight matmuls, "
               f"none selected); the model compiles unchanged", file=sys.stderr)
         return mod
     infos: list[LayerRewrite] = []
 
     def emit(bb, call, cand, _remap):
-        func, consts, info = rewrite_weights(cand, opts, (hessians or {}).get(cand.name))
+        info, matmul = rewrite(bb, cand)
         infos.append(info)
-        gv = bb.add_func(func.without_attr("global_symbol"), info.kernel)
-        n = cand.weight.shape[1]
-        return emit_layer(bb, call, cand, lambda x2: bb.emit(relax.call_tir(
-            gv, [x2] + [relax.const(a) for a in consts], _tensor_type((cand.rows, n), "float32"))))
+        return emit_layer(bb, call, cand, matmul)
 
     new = replace_calls(mod, {c.call: c for c in chosen}, emit)
-    record = {"pass": "shift-add", "options": options_record(opts), "describe": opts.describe(),
+    record = {"pass": who, "options": options_record(opts), "describe": opts.describe(),
               "dense": [{"name": c.name, "op": c.op, "k": int(c.weight.shape[0]), "n": int(c.weight.shape[1]),
                          "rows": c.rows, "why": c.why_dense} for c in candidates if not c.chosen],
               "layers": [asdict(i) for i in infos]}
