@@ -477,9 +477,9 @@ def cmd_tune(args) -> int:
     from ..fileio import native_stderr_silenced
     from ..schedules.tuning import driver
 
-    model, stem = args.model, Path(args.model).stem
+    model, stem, source = args.model, Path(args.model).stem, args.model
     if not Path(model).exists() and model in models.names():
-        model = models.build(model)
+        model, source = models.build(model), f"{model}.onnx"  # `accelc models build NAME` writes it
     db = Path(args.db or f"{stem}-{args.target}.tune")
     with native_stderr_silenced():
         res = driver.tune(model, args.target, args.trials, db, cost_model=args.cost_model,
@@ -496,7 +496,8 @@ def cmd_tune(args) -> int:
           f"{db / 'curve.png'}")
     same = "".join(f" --passes {p}" for p in args.passes) + "".join(f" --input-shape {s}" for s in args.input_shape)
     same += " --no-fast-math" if args.no_fast_math else ""
-    print(f"apply it: accelc compile {args.model} -t {args.target} --db {db}{same} -o OUT.so")
+    build = f"accelc models build {args.model} -o . && " if source != args.model else ""
+    print(f"apply it: {build}accelc compile {source} -t {args.target} --db {db}{same} -o OUT.so")
     return 0
 
 

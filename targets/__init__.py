@@ -47,6 +47,10 @@ def _sim() -> TargetSpec:
 
         offload.set_config(load_config(sim_config) if sim_config else offload.default_config())
         register_intrinsics(offload.current_config())  # before a database of sim records opens
+        from ..schedules.tuning.database import register_trace_hook
+        from ..schedules.tuning.driver import sim_trace_intrinsics
+
+        register_trace_hook(sim_trace_intrinsics)  # and the per-shape ones its records' traces name
         offload.register_runtime()
         return cpu.host_target(**cpu_options)
 

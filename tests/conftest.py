@@ -14,3 +14,4 @@ def cpu_target():
     from accelc.targets.cpu import host_target
 
     return host_target()
+

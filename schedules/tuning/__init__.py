@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import platform
 import sys
 
 _PKG = "tvm.s_tir.tensor_intrin"
-_BY_KIND = {"llvm": ("x86", "arm_cpu"), "cuda": ("cuda",), "rocm": ("rocm",), "metal": ("metal",)}
+# llvm: this host's architecture only (arm_cpu's take 4-5 s to parse, in every builder worker)
+_HOST_ARCH = ("arm_cpu",) if platform.machine().lower() in ("aarch64", "arm64") else ("x86",)
+_BY_KIND = {"llvm": _HOST_ARCH, "cuda": ("cuda",), "rocm": ("rocm",), "metal": ("metal",)}
 
 
 def load_intrinsics(kind: str = "llvm") -> None:
@@ -54,3 +57,34 @@ def local_builder(**kwargs):
     from tvm.s_tir import meta_schedule as ms
 
     return ms.builder.LocalBuilder(f_build="accelc.tuning.build", initializer=_builder_init, **kwargs)
+
+
+def _tolerate_unnamed_log_handlers() -> None:
+    """Upstream fix: MetaSchedule's ``create_loggers`` re-lists its logger's handlers by name
+    and crashes on one without a name ('NoneType' object has no attribute 'format' in
+    ``_parameterize_config``) — a user's handler, or pytest's log capture, which attaches to
+    non-propagating loggers. Unnamed handlers are set aside while it configures, then put back."""
+    import logging
+
+    from tvm.s_tir.meta_schedule import logging as ms_logging
+
+    stock = ms_logging.create_loggers
+    if getattr(stock, "_accelc", False):
+        return
+
+    def create_loggers(*args, **kwargs):
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        aside = [h for h in ms_logger.handlers if h.get_name() is None]
+        for h in aside:
+            ms_logger.removeHandler(h)
+        try:
+            return stock(*args, **kwargs)
+        finally:
+            for h in aside:
+                ms_logger.addHandler(h)
+
+    create_loggers._accelc = True
+    ms_logging.create_loggers = create_loggers
+
+
+_tolerate_unnamed_log_handlers()

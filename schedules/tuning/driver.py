@@ -1,0 +1,582 @@
+"""The tuning driver behind ``accelc tune``: a model's tasks, trials allocated by impact,
+MetaSchedule's own loop, a database that survives being killed, and resumption.
+
+- Tasks: the model after the user's ``--passes``, through the target's front passes (legalize,
+  fuse: the PrimFuncs ``accelc compile`` schedules), then ``ms.relax_integration.extract_tasks``.
+  On the CPU our named kernels (``accelc.kernel``: shift-add, attention) are not tuned: their
+  hand schedules use layouts and intrinsics MetaSchedule's generic rules do not know. A target's
+  components may choose otherwise (``task_filter``).
+- Defaults: each task's default schedule (what ``accelc compile`` does without a database) is
+  measured once with the tuning builder and runner. It is stored as a record too when its trace
+  replays to the same module, so the best record of a task, which ``compile --db`` applies, is
+  never slower than the default; a few unlucky trials cannot make the model slower.
+- Plan: ``--trials N`` counts search trials for the model's tasks in the database, those already
+  there included (the stored default schedules come on top). Each task gets a share proportional
+  to its impact, calls × default latency (calls × FLOPs if a default latency is missing). Fixed
+  shares, from latencies kept in the database, make a resumed run continue the same plan.
+- Loop: ``ms.TaskScheduler`` (round robin over the tasks' shares), ``EvolutionarySearch`` seeded
+  from the database, stock ``AddToDatabase``. After every measured batch our callback fsyncs the
+  database, checks the batch's lines are on disk, extends the curve and moves the progress bar.
+- Resume: EvolutionarySearch remembers what it measured only within one run (its
+  ``measured_workloads_`` starts empty, see the TODO in evolutionary_search.cc) and seeds its
+  population with the database's best records, so a second run re-measures old schedules. The
+  search is wrapped: candidates whose scheduled module (structural hash) is already in the
+  database are dropped before they are built.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import TargetError, UsageError
+from . import curve as curves
+from .database import TuningDB, open_database, register_trace_hook
+
+COST_MODELS = ("xgb", "tvm-xgb", "random")
+SAVED_MODEL = {"xgb": "cost_model-xgb.json", "tvm-xgb": "cost_model-tvm-xgb.tar"}  # in the database dir
+EVALUATOR = dict(number=3, repeat=3, min_repeat_ms=30)  # ≥ 90 ms a candidate, 3 samples
+
+
+@dataclass
+class Task:
+    name: str
+    mod: object  # IRModule {"main": PrimFunc}: the MetaSchedule workload
+    weight: int  # calls per model run
+    flops: float
+    key: str = ""  # structural hash of ``mod``
+    before: float | None = None  # seconds, default schedule
+    done: int = 0  # search trials already in the database
+    has_default: bool = False  # the database holds the measured default schedule
+    planned: int = 0  # the task's share of --trials
+
+
+@dataclass
+class TuneResult:
+    db_dir: Path
+    tasks: list[Task]
+    curve: curves.Curve
+    measured: int = 0  # records this run added
+    skipped: int = 0  # candidates dropped because the database already had them
+    notes: list[str] = field(default_factory=list)  # what the user should know about the run
+
+
+# -- per-target components -------------------------------------------------------------------
+def tuning_target(target: str, tvm_target):
+    """The tvm Target that ``target``'s tasks are tuned (and their records stored) for."""
+    if target != "sim":
+        return tvm_target
+    from ...targets.sim import offload
+
+    register_trace_hook(sim_trace_intrinsics)
+    return _sim_tuning().sim_target(offload.current_config())
+
+
+def _sim_tuning():
+    try:
+        from ...targets.sim import tuning
+    except ModuleNotFoundError as err:
+        if err.name != "accelc.targets.sim.tuning":
+            raise
+        raise TargetError("tuning for -t sim is not yet available (the accelerator's tuning components, "
+                          "targets/sim/tuning.py, are missing); tune -t cpu") from None
+    return tuning
+
+
+def components(target: str, tvm_target, rpc: str | None = None, fast_math: bool = True) -> dict:
+    """What tuning ``target`` takes: ``target`` (the tvm Target tuned for), ``space``,
+    ``builder``, ``runner``, ``tasks`` (Relax module after the user's passes -> [Task]),
+    ``default_schedule`` ((IRModule, Target) -> Schedule or None) and ``cost_kind`` (the
+    cost model's feature group)."""
+    from . import local_builder
+
+    if target == "cpu":
+        runner = _runner(rpc)  # first: a bad --rpc fails before the builder's workers start
+        return {"target": tvm_target, "space": "post-order-apply", "runner": runner, "builder": local_builder(),
+                "tasks": lambda mod: relax_tasks(mod, tvm_target, _cpu_front_passes(tvm_target, fast_math),
+                                                 _not_a_named_kernel),
+                "default_schedule": _cpu_default_schedule, "cost_kind": "llvm"}
+    if target != "sim":
+        raise TargetError(f"no tuning components for target '{target}'")
+    if rpc:
+        raise UsageError("--rpc measures on devices; -t sim measures in the simulator")
+    from ...targets.sim import offload
+
+    cfg = offload.current_config()  # the machine ``-t sim --sim-config`` set up
+    comps = {"cost_kind": "sim", **_sim_tuning().tuning_components(cfg)}
+    comps.setdefault("tasks", lambda mod: sim_tasks(mod, cfg, comps.get("task_filter")))
+    return comps
+
+
+def sim_trace_intrinsics(trace_json) -> None:
+    """Register the accel intrinsics a stored trace tensorizes onto: TVM replays every trace to
+    load a database, and small layers tensorize onto per-shape intrinsics no config predicts.
+    A ``database.register_trace_hook`` (the sim target registers it)."""
+    from ...targets.sim.tensorize import _INTRIN_RE, register_intrinsic
+
+    for inst in trace_json[0] if trace_json else ():
+        for attr in inst[2] if len(inst) > 2 else ():
+            m = _INTRIN_RE.match(attr.strip('"')) if isinstance(attr, str) else None
+            if m:
+                register_intrinsic(m.group(1), *map(int, m.groups()[1:]))
+
+
+def _runner(rpc: str | None):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(**EVALUATOR)
+    if not rpc:
+        return ms.runner.LocalRunner(evaluator_config=evaluator)
+    host, port, key = parse_rpc(rpc)
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key, session_timeout_sec=60)
+    try:
+        config.count_num_servers(allow_missing=False)
+    except Exception:  # noqa: BLE001 - ValueError (no tracker / no server) or a socket error
+        raise TargetError(f"--rpc {rpc}: no RPC server with key '{key}' is registered at tracker "
+                          f"{host}:{port} (is the tracker up? `python -m tvm.exec.query_rpc_tracker "
+                          f"--host {host} --port {port}`)") from None
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator)
+
+
+def parse_rpc(spec: str) -> tuple[str, int, str]:
+    """``HOST:PORT:KEY`` → (host, port, key)."""
+    parts = spec.rsplit(":", 2)
+    if len(parts) != 3 or not all(parts) or not parts[1].isdigit():
+        raise UsageError(f"--rpc {spec!r}: expected TRACKER_HOST:PORT:KEY, e.g. 127.0.0.1:9190:cpu")
+    return parts[0], int(parts[1]), parts[2]
+
+
+def _not_a_named_kernel(task) -> bool:
+    from ..kernel_attrs import kernel_name
+
+    return kernel_name(task.dispatched[0]["main"]) is None
+
+
+def _cpu_front_passes(tvm_target, fast_math: bool = True) -> list:
+    from ...targets import cpu
+
+    return cpu.front_passes(tvm_target, fast_math)
+
+
+def _cpu_default_schedule(mod, tvm_target):
+    """The schedule ``accelc compile`` gives the task without a database (None: unscheduled)."""
+    from tvm.s_tir.dlight.base.transform import _apply_rules
+
+    from ..cpu import default_rules
+
+    with tvm_target:
+        schs = _apply_rules(mod["main"], tvm_target, default_rules(), tunable=False)
+    return schs[0] if schs else None
+
+
+# -- tasks, defaults, plan -------------------------------------------------------------------
+def relax_tasks(mod, tvm_target, front_passes: list, keep) -> list[Task]:
+    """MetaSchedule's tasks of a Relax module after ``front_passes`` (those ``keep`` accepts)."""
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    with tvm_target, tvm.transform.PassContext(opt_level=3):
+        fused = tvm.transform.Sequential(front_passes)(mod)
+    return [Task(t.task_name, t.dispatched[0], int(t.weight), float(estimate_tir_flops(t.dispatched[0])),
+                 key=str(tvm_ffi.structural_hash(t.dispatched[0])))
+            for t in ms.relax_integration.extract_tasks(fused, tvm_target)
+            if not t.dispatched[0].attrs.get("tirx.is_scheduled", False) and keep(t)]
+
+
+def sim_tasks(mod, cfg, keep=None) -> list[Task]:
+    """The accelerator's tasks: one per distinct layer the sim offload moves to it (its
+    ``PLAN``), as the workload ``targets.sim.tensorize.workload`` defines for machine ``cfg``."""
+    from collections import Counter
+
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    from ...targets.sim import offload
+    from ...targets.sim.tensorize import workload
+
+    with tvm.transform.PassContext(opt_level=3):
+        offload.offload_pass()(mod)
+    tasks = []
+    for (op, m, k, n, terms), calls in Counter((p["op"], p["m"], p["k"], p["n"], p["terms"])
+                                               for p in offload.PLAN).items():
+        wkl = _normalize_mod(workload(op, m, k, n, terms, cfg))
+        if keep is None or keep(wkl):
+            tasks.append(Task(f"sim_{op}_{m}x{k}x{n}" + (f"_t{terms}" if terms > 1 else ""), wkl, calls,
+                              2.0 * m * k * n * terms, key=str(tvm_ffi.structural_hash(wkl))))
+    return tasks
+
+
+def measure_defaults(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict) -> None:
+    """Each task's latency under its default schedule (``before``), measured once with the
+    tuning builder and runner; None where it fails to build or run. The default schedule is also
+    stored as a record (when its trace replays to the same module), so the database's best record
+    for a task is never slower than what ``accelc compile`` does without it."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import remove_build_dir
+
+    todo = [t for t in tasks if t.before is None or not t.has_default]
+    if not todo:
+        return
+    schs = [comps["default_schedule"](t.mod, tvm_target) for t in todo]
+    mods = [s.mod if s is not None else t.mod for s, t in zip(schs, todo)]
+    args = [_args_info(m) for m in mods]  # None: MetaSchedule cannot split out its weight packing
+    ok = [i for i, a in enumerate(args) if a is not None]
+    built = dict(zip(ok, comps["builder"].build([ms.builder.BuilderInput(mods[i], tvm_target) for i in ok])))
+    device = "cuda" if tvm_target.kind.name == "cuda" else "cpu"
+    runs = {i: ms.runner.RunnerInput(b.artifact_path, device, args[i])
+            for i, b in built.items() if b.error_msg is None and todo[i].before is None}
+    futures = dict(zip(runs, comps["runner"].run(list(runs.values()))))
+    for i, t in enumerate(todo):
+        secs = None
+        if i in futures:
+            res = futures[i].result()
+            if res.error_msg is None and res.run_secs:
+                secs = [float(s) for s in res.run_secs]
+                t.before = sum(secs) / len(secs)
+        if i in built and built[i].error_msg is None:
+            remove_build_dir(built[i].artifact_path)
+        secs = secs or ([t.before] if t.before else None)
+        if secs and args[i] is not None and schs[i] is not None and not t.has_default and schs[i].trace is not None:
+            record = ms.database.TuningRecord(schs[i].trace, ms.database.Workload(t.mod), secs, tvm_target, args[i])
+            try:
+                replayed = record.as_measure_candidate().sch.mod
+            except Exception:  # noqa: BLE001 - a rule used a step TVM cannot replay: keep no record
+                continue
+            if tvm_ffi.structural_equal(replayed, mods[i]):
+                tdb.commit_default(t.mod, schs[i], secs, tvm_target)
+                t.has_default = True
+
+
+def _args_info(mod):
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        return ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True)
+    except Exception:  # noqa: BLE001 - TVM's "Check failed: (load)" on a packing it cannot analyse
+        return None
+
+
+def plan_trials(tasks: list[Task], total: int) -> None:
+    """Split ``total`` trials over the tasks in proportion to calls × default latency; a task
+    whose default could not be measured is estimated from its FLOPs at the median FLOP/s of
+    the others (by calls × FLOPs alone if none was measured). Largest remainders get the
+    leftover trials."""
+    import statistics
+
+    rates = [t.flops / t.before for t in tasks if t.before and t.flops > 0]
+    rate = statistics.median(rates) if rates else None
+    impact = [t.weight * (t.before or max(t.flops, 1.0) / rate) if rate else t.weight * max(t.flops, 1.0)
+              for t in tasks]
+    shares = [total * x / sum(impact) for x in impact]
+    planned = [int(s) for s in shares]
+    for i in sorted(range(len(tasks)), key=lambda i: planned[i] - shares[i])[: total - sum(planned)]:
+        planned[i] += 1
+    for t, n in zip(tasks, planned):
+        t.planned = n
+
+
+# -- the search wrapper and the per-batch callback -------------------------------------------
+def _classes():
+    """MetaSchedule Py* subclasses, defined on first use (they need ``@derived_object``)."""
+    global _SkipMeasured, _AfterBatch
+    if "_SkipMeasured" in globals():
+        return _SkipMeasured, _AfterBatch
+    import tvm_ffi
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class SkipMeasured(ms.search_strategy.PySearchStrategy):
+        """EvolutionarySearch for ``budget`` more trials, minus candidates already measured."""
+
+        def __init__(self, budget: int, per_iter: int, known: set, stats: dict, refills: int = 4):
+            super().__init__()
+            # MetaSchedule evolves 512 schedules to pick 64; as few as 4 need no such crowd
+            pop = min(512, max(64, 8 * min(per_iter, budget)))
+            self.inner = ms.search_strategy.EvolutionarySearch(population_size=pop,
+                                                               init_min_unmeasured=min(50, pop // 2))
+            self.per_iter = per_iter
+            self.budget, self.known, self.stats, self.refills = budget, known, stats, refills
+
+        def _initialize_with_tune_context(self, context):
+            self.inner._initialize_with_tune_context(context)
+
+        def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
+            self.inner.pre_tuning(self.budget, min(self.per_iter, self.budget), design_spaces,
+                                  SearchedOnly(database), cost_model)
+
+        def post_tuning(self):
+            self.inner.post_tuning()
+
+        def generate_measure_candidates(self):
+            for _ in range(self.refills):  # a batch that was all old: ask again, then give up
+                cands = self.inner.generate_measure_candidates()
+                if cands is None:
+                    return None
+                fresh = []
+                for c in cands:
+                    h = tvm_ffi.structural_hash(c.sch.mod)
+                    if h in self.known:
+                        self.stats["skipped"] += 1
+                        continue
+                    self.known.add(h)
+                    fresh.append(c)
+                if fresh:
+                    return fresh
+            return None
+
+        def notify_runner_results(self, measure_candidates, results):
+            self.inner.notify_runner_results(measure_candidates, results)
+
+        def clone(self):
+            return SkipMeasured(self.budget, self.per_iter, set(self.known), self.stats, self.refills)
+
+    @derived_object
+    class SearchedOnly(ms.database.PyDatabase):
+        """The database as the search sees it: without the stored default schedules, whose
+        dlight traces the search's postprocessors cannot replay when seeding a population."""
+
+        def __init__(self, db):
+            super().__init__()
+            self.db = db
+
+        def has_workload(self, mod):
+            return self.db.has_workload(mod)
+
+        def commit_workload(self, mod):
+            return self.db.commit_workload(mod)
+
+        def commit_tuning_record(self, record):
+            self.db.commit_tuning_record(record)
+
+        def get_top_k(self, workload, top_k):
+            top = self.db.get_top_k(workload, top_k + 8)  # the default record: at most one a task
+            return [r for r in top if any(i.kind.name == "EnterPostproc" for i in r.trace.insts)][:top_k]
+
+        def get_all_tuning_records(self):
+            return self.db.get_all_tuning_records()
+
+        def __len__(self):
+            return len(self.db)
+
+    @derived_object
+    class AfterBatch(ms.measure_callback.PyMeasureCallback):
+        """Runs after AddToDatabase: sync the database to disk, extend the curve, show progress."""
+
+        def __init__(self, hook):
+            super().__init__()
+            self.hook = hook
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            self.hook(task_id, runner_results)
+
+    _SkipMeasured, _AfterBatch = SkipMeasured, AfterBatch
+    return SkipMeasured, AfterBatch
+
+
+# -- the driver ------------------------------------------------------------------------------
+def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost_model: str = "xgb",
+         warm_start=None, rpc: str | None = None, passes=(), input_shapes=None, calibration=None,
+         fast_math: bool = True, target_options: dict | None = None, only=(), batch: int = 32,
+         seed: int = 0, progress: bool = True, log=print) -> TuneResult:
+    """Tune ``model`` (what ``accelc.compile`` accepts) for ``target`` until the database at
+    ``db_dir`` holds ``trials`` search trials for the model's tasks; see the module docstring."""
+    from ... import targets
+    from ...compiler import pipeline
+    from . import load_intrinsics
+
+    if trials <= 0 or batch <= 0:
+        raise UsageError("--trials and --batch must be positive")
+    if cost_model not in COST_MODELS:
+        raise UsageError(f"unknown cost model '{cost_model}'; choose from {', '.join(COST_MODELS)}")
+    if warm_start is not None and (cost_model == "random" or not Path(warm_start).is_file()):
+        raise UsageError(f"--cost-model-warm-start {warm_start}: " + (
+            "needs --cost-model xgb or tvm-xgb" if cost_model == "random" else "no such file"))
+    spec = targets.get(target)
+    tvm_target = tuning_target(spec.name, spec.make(**dict(target_options or {})))
+    pipeline.check_passes(passes)
+    db_dir = Path(db_dir)
+    tdb = None
+    try:
+        # validate an existing database before anything slow; create a new one after the import
+        if db_dir.exists() or not db_dir.parent.is_dir():
+            tdb = open_database(db_dir, tvm_target, create=True)
+        comps = components(spec.name, tvm_target, rpc, fast_math)
+        if comps["cost_kind"] == "llvm":
+            load_intrinsics(tvm_target.kind.name)
+        mod, name = _model_after_passes(model, input_shapes, passes, calibration)
+        tasks = [t for t in comps["tasks"](mod) if not only or any(s in t.name for s in only)]
+        if not tasks:
+            what = f" matching --tasks {', '.join(only)}" if only else ""
+            hint = " (it runs the layers --passes shift-add or int8 rewrite)" if spec.name == "sim" else ""
+            raise UsageError(f"{name}: no tunable tasks{what} for {spec.name}{hint}")
+        tasks.sort(key=lambda t: -t.weight * t.flops)
+        tdb = tdb or open_database(db_dir, tvm_target, create=True)
+        for note in tdb.repaired:
+            log(f"note: {note}")
+        return _tune(tasks, tdb, tvm_target, comps, name, spec.name, trials, cost_model, warm_start, batch,
+                     seed, progress, log)
+    finally:
+        if tdb is not None:
+            tdb.close()
+
+
+def _model_after_passes(model, input_shapes, passes, calibration):
+    """(Relax module after the user's passes, model name): what ``accelc compile`` lowers."""
+    from ...compiler import pipeline
+    from ...compiler.frontend import import_model
+
+    imported = import_model(model, input_shapes)
+    samples = calibration
+    if calibration is not None and not isinstance(calibration, (list, tuple)):
+        from ...compiler.calibrate import load_calibration
+
+        samples = load_calibration(calibration, imported.inputs)
+    return pipeline.apply_passes(imported, passes, samples)[0], imported.name
+
+
+def _tune(tasks, tdb: TuningDB, tvm_target, comps, model_name, target_name, trials, cost_model, warm_start,
+          batch, seed, progress, log) -> TuneResult:
+    """Default latencies (from the database if stored), trials already measured, the plan, the
+    search, the reports."""
+    result = TuneResult(tdb.path, tasks, None)  # type: ignore[arg-type]
+    known_before = curves.load_before(tdb.path)
+    by_task = {t.name: tdb.records_of(t.mod) for t in tasks}
+    for t in tasks:  # the default latency: its record in the database, else an earlier curve.json
+        defaults = [r.secs for r in by_task[t.name] if not r.searched and math.isfinite(r.secs)]
+        t.has_default = bool(defaults)
+        t.before = defaults[0] if defaults else known_before.get(t.key)
+    measure_defaults(tasks, tdb, tvm_target, comps)
+    by_task = {t.name: tdb.records_of(t.mod) for t in tasks}
+    for t in tasks:
+        t.done = sum(r.searched for r in by_task[t.name])
+    plan_trials(tasks, trials)
+    curve = result.curve = curves.Curve([curves.TaskCurve(t.name, t.key, t.weight, t.flops, t.before, t.has_default)
+                                         for t in tasks], model_name, target_name)
+    history = sorted((r.line, t.name, r.secs) for t in tasks for r in by_task[t.name] if r.searched)
+    for _, name, secs in history:  # the database's search records, in append order
+        curve.add(name, [secs])
+    _print_plan(tasks, trials, tdb.path, log)
+
+    todo = [t for t in tasks if t.planned > t.done]
+    if todo:
+        result.measured, result.skipped = _run(todo, tasks, tdb, tvm_target, comps, curve, cost_model,
+                                               warm_start, batch, seed, progress)
+    short = [f"{t.name} ({t.done}/{t.planned})" for t in todo if t.done < t.planned]
+    if short:
+        result.notes.append(f"the search found nothing new to measure for {', '.join(short)}: "
+                            "their search spaces look exhausted")
+    curve.write(tdb.path)
+    curve.plot(tdb.path)
+    return result
+
+
+def _run(todo, tasks, tdb: TuningDB, tvm_target, comps, curve, cost_model_name, warm_start, batch, seed,
+         progress) -> tuple[int, int]:
+    """MetaSchedule's task scheduler over ``todo``; returns (records added, candidates skipped)."""
+    from tqdm import tqdm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    SkipMeasured, AfterBatch = _classes()
+    done = sum(t.done for t in tasks)
+    stats = {"skipped": 0, "measured": 0}
+    logger, restore = _file_logger(tdb.path)
+    contexts = []
+    seeds = fork_seed(seed + done, n=len(todo))  # a resumed run explores with fresh random draws
+    for t, rand in zip(todo, seeds):
+        space = comps["space"] if isinstance(comps["space"], str) else comps["space"].clone()
+        strategy = SkipMeasured(t.planned - t.done, batch, tdb.measured_hashes(t.mod), stats)
+        contexts.append(ms.TuneContext(mod=t.mod, target=tvm_target, space_generator=space,
+                                       search_strategy=strategy, task_name=t.name, rand_state=rand,
+                                       logger=logger.getChild(t.name)))
+    start = warm_start or _saved_model(tdb.path, cost_model_name)
+    model = make_cost_model(cost_model_name, comps["cost_kind"], start if cost_model_name == "xgb" else None, seed)
+    if start and cost_model_name == "tvm-xgb":
+        model.load(str(start))
+    bar = tqdm(total=sum(max(t.planned, t.done) for t in tasks), initial=done, unit="trial", file=sys.stdout,
+               disable=not progress, dynamic_ncols=True, desc="tuning")
+    _postfix(bar, curve)
+
+    def after_batch(task_id: int, results) -> None:
+        secs = [sum(map(float, r.run_secs)) / len(r.run_secs) if r.error_msg is None and r.run_secs
+                else math.inf for r in results]
+        tdb.sync(len(secs))
+        stats["measured"] += len(secs)
+        todo[task_id].done += len(secs)
+        curve.add(todo[task_id].name, [s if s < 1e9 else math.inf for s in secs])
+        curve.write(tdb.path)
+        bar.update(len(secs))
+        _postfix(bar, curve)
+
+    callbacks = [ms.measure_callback.AddToDatabase(), AfterBatch(after_batch),
+                 ms.measure_callback.RemoveBuildArtifact(), ms.measure_callback.UpdateCostModel()]
+    remaining = [t.planned - t.done for t in todo]
+    try:
+        ms.task_scheduler.RoundRobin().tune(
+            tasks=contexts, task_weights=[float(t.weight) for t in todo], max_trials_global=sum(remaining),
+            max_trials_per_task=max(remaining), num_trials_per_iter=batch, builder=comps["builder"],
+            runner=comps["runner"], measure_callbacks=callbacks, database=tdb.db, cost_model=model)
+    finally:
+        bar.close()
+        restore()
+    if cost_model_name in SAVED_MODEL:
+        model.save(str(tdb.path / SAVED_MODEL[cost_model_name]))
+    return stats["measured"], stats["skipped"]
+
+
+def make_cost_model(name: str, target_kind: str = "llvm", warm_start=None, seed: int = 0):
+    from .cost_model import make_cost_model as make
+
+    return make(name, target_kind=target_kind, warm_start=str(warm_start) if warm_start else None, seed=seed)
+
+
+def _saved_model(folder: Path, name: str):
+    path = folder / SAVED_MODEL.get(name, "-")
+    return path if path.is_file() else None
+
+
+def _postfix(bar, curve) -> None:
+    est = curve.estimate()
+    if est is not None:
+        bar.set_postfix_str(f"model ≈ {est * 1e6:.2f} µs", refresh=False)
+
+
+def _file_logger(folder: Path):
+    """MetaSchedule's logs go to ``DIR/logs/tune.log``, not the console; returns (logger, undo)."""
+    (folder / "logs").mkdir(exist_ok=True)
+    root = logging.getLogger("tvm.s_tir.meta_schedule")
+    handler = logging.FileHandler(folder / "logs" / "tune.log")
+    handler.set_name("accelc.tune.file")  # stock create_loggers later lists handlers by name
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s %(message)s"))
+    saved = root.level, root.propagate
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+    def restore():
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
+
+    return root.getChild("accelc"), restore
+
+
+def _print_plan(tasks: list[Task], trials: int, db_dir: Path, log) -> None:
+    done = sum(t.done for t in tasks)
+    how = "calls × default latency" if any(t.before for t in tasks) else "calls × FLOPs"
+    log(f"tuning {len(tasks)} task(s), {trials} trials in total ({done} already in {db_dir}); "
+        f"shares by {how}:")
+    width = max(len(t.name) for t in tasks)
+    log(f"  {'task':<{width}} {'calls':>5} {'MFLOP':>9} {'default µs':>10} {'done':>5} {'planned':>7}")
+    for t in tasks:
+        before = f"{t.before * 1e6:.2f}" if t.before else "n/a"
+        log(f"  {t.name:<{width}} {t.weight:>5} {t.flops / 1e6:>9.3f} {before:>10} {t.done:>5} {t.planned:>7}")

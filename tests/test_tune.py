@@ -1,0 +1,385 @@
+"""``accelc tune``: a killed run resumes without losing or re-measuring a record, the database is
+stock MetaSchedule and ``compile --db`` applies it, corrupt or foreign databases are refused
+untouched, reports, RPC measurement on loopback, and the sim target.
+
+The budgets are tiny (a few trials of the MLP's first matmul task): these tests check the
+machinery, not how fast the schedules are.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import onnx
+import pytest
+
+from accelc.tests.util import mlp_model
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+ENV.pop("ACCELC_DEBUG", None)
+RECORDS, WORKLOADS = "database_tuning_record.json", "database_workload.json"
+TASK = "matmul_add_relu"  # the MLP's first layer: a 8x16x32 matmul with its bias and ReLU
+SMALL = ["--trials", "3", "--batch", "2", "--tasks", TASK, "--cost-model", "random", "--no-progress"]
+
+
+def cli(*args, **kw):
+    return [sys.executable, "-m", "accelc.compiler.cli", *map(str, args)]
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    from accelc.compiler.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+def assert_one_line_error(rc: int, err: str, *fragments):
+    assert rc == 2, err
+    errs = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(errs) == 1 and errs[0].startswith("accelc: error: "), err
+    for frag in fragments:
+        assert frag in errs[0], (frag, errs[0])
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """Tune the MLP, SIGKILL the run once its first batch is on disk, then run it again."""
+    d = tmp_path_factory.mktemp("tune")
+    model = d / "mlp.onnx"
+    onnx.save(mlp_model(batch=8), str(model))
+    db = d / "db"
+    first = subprocess.Popen(cli("tune", model, "--db", db, *SMALL), env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while len(lines(db / RECORDS)) < 3:  # the default schedule's record, then a batch of two
+        assert first.poll() is None, first.stdout.read().decode()
+        assert time.time() < deadline, "the first batch never reached the database"
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)  # the run and its builder/runner workers
+    first.wait()
+    assert first.returncode == -signal.SIGKILL
+    before = (db / RECORDS).read_bytes()
+    again = subprocess.run(cli("tune", model, "--db", db, *SMALL), env=ENV, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    return SimpleNamespace(dir=d, model=model, db=db, before=before, out=again.stdout)
+
+
+def replayed_hashes(db: Path) -> list[int]:
+    """Structural hash of every record's scheduled module, replayed by stock TVM from its trace."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.schedules.tuning import load_intrinsics
+
+    load_intrinsics("llvm")
+    recs = ms.database.JSONDatabase(work_dir=str(db), allow_missing=False).get_all_tuning_records()
+    return [tvm_ffi.structural_hash(r.as_measure_candidate().sch.mod) for r in recs]
+
+
+def test_killed_run_resumes_without_losing_or_remeasuring(tuned):
+    after = (tuned.db / RECORDS).read_bytes()
+    assert after.startswith(tuned.before), "a record written before the kill changed or vanished"
+    killed_at = tuned.before.count(b"\n")
+    assert f"({killed_at - 1} already in" in tuned.out  # the resumed run counted the searched ones
+    recs = [json.loads(ln) for ln in after.splitlines()]
+    searched = [r for r in recs if any(i[0] == "EnterPostproc" for i in r[1][0][0])]
+    assert len(recs) == 4 and len(searched) == 3  # the budget, plus the default schedule once
+    assert len({r[0] for r in recs}) == 1  # one workload: the selected task
+    hashes = replayed_hashes(tuned.db)
+    assert len(hashes) == 4 and len(set(hashes)) == 4, "a schedule was measured twice"
+    secs = [sum(r[1][1]) / len(r[1][1]) for r in recs]
+    assert all(0 < s for s in secs) and any(s < 1e-3 for s in secs)
+
+
+def test_database_is_stock_metaschedule_and_compile_applies_it(tuned):
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.compiler.frontend import import_onnx
+    from accelc.targets import cpu
+
+    db = ms.database.JSONDatabase(work_dir=str(tuned.db), allow_missing=False)
+    assert len(db.get_all_tuning_records()) == 4
+    res = subprocess.run(cli("compile", tuned.model, "--db", tuned.db, "-o", tuned.dir / "m.so", "--verify"),
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "verify vs onnxruntime: OK" in res.stdout
+    assert json.loads((tuned.dir / "m.json").read_text())["tuned"] is True
+    # MetaScheduleApplyDatabase schedules the tuned task from its best record
+    target = cpu.host_target()
+    with target, db:
+        applied = tvm.transform.Sequential(cpu.front_passes(target) + cpu.schedule_passes(db)[:1])(
+            import_onnx(mlp_model(batch=8)).mod)
+    scheduled = [gv.name_hint for gv, f in applied.functions_items()
+                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and "tirx.is_scheduled" in f.attrs]
+    assert any(TASK in name for name in scheduled), scheduled
+
+
+def test_reports(tuned):
+    data = json.loads((tuned.db / "curve.json").read_text())
+    assert data["trials"] == 3 and list(data["tasks"]) and all(TASK in k for k in data["tasks"])
+    task = next(iter(data["tasks"].values()))
+    assert task["trials"] == 3 and task["calls"] == 1 and task["before_us"] > 0 and task["default_in_db"]
+    trials = [n for n, _ in task["curve"]]
+    best = [v for _, v in task["curve"]]
+    assert trials == [0, 1, 2, 3]  # default; the records before the kill (rebuilt one by one); the last batch
+    assert best[0] == task["before_us"]
+    assert all(a >= b for a, b in zip(best, best[1:])) and best[-1] <= task["before_us"]
+    assert task["after_us"] == best[-1] == data["total"]["best_us"]
+    assert data["total"]["curve"][-1] == [3, data["total"]["best_us"]]
+    assert (tuned.db / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "before µs" in tuned.out and "after µs" in tuned.out
+    assert f"apply it: accelc compile {tuned.model} -t cpu --db {tuned.db}" in tuned.out
+
+
+def _target_of_line(text: str, n: int, **change) -> str:
+    rows = text.splitlines(keepends=True)
+    rec = json.loads(rows[n - 1])
+    rec[1][2].update(change)
+    rows[n - 1] = json.dumps(rec) + "\n"
+    return "".join(rows)
+
+
+def _tvm_version(text: str, version: str) -> str:
+    rows = text.splitlines(keepends=True)
+    shash, mod = json.loads(rows[0])
+    raw = base64.b64decode(mod)
+    graph = json.loads(raw[8:])
+    graph["metadata"]["tvm_version"] = version
+    body = json.dumps(graph).encode()
+    rows[0] = json.dumps([shash, base64.b64encode(len(body).to_bytes(8, "little") + body).decode()]) + "\n"
+    return "".join(rows)
+
+
+CORRUPT = {  # name: (file, edit(text) -> text, line named in the error, words of the error)
+    "garbage": (RECORDS, lambda t: t.replace("\n", "\nthis is not json\n", 1), 2, "not valid JSON"),
+    "truncated": (RECORDS, lambda t: "".join(r[: len(r) // 2] + "\n" if i == 1 else r
+                                             for i, r in enumerate(t.splitlines(keepends=True))), 2, "not valid JSON"),
+    "no such workload": (RECORDS, lambda t: t.replace("[0,", "[7,", 1), 1, "refers to workload 7"),
+    "another cpu": (RECORDS, lambda t: _target_of_line(t, 3, mcpu="skylake-avx512"), 3, "another target"),
+    "another kind": (RECORDS, lambda t: _target_of_line(t, 2, kind="cuda"), 2, "another target"),
+    "another tvm": (WORKLOADS, lambda t: _tvm_version(t, "0.19.0"), 1, "TVM 0.19.0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+def test_corrupt_or_foreign_database_is_refused_untouched(tuned, tmp_path, capsys, case):
+    name, edit, line, words = CORRUPT[case]
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    (db / name).write_text(edit((db / name).read_text()))
+    snapshot = {f: (db / f).read_bytes() for f in (RECORDS, WORKLOADS)}
+    rc, out, err = run_main(capsys, "tune", tuned.model, "--db", db, *SMALL)
+    assert_one_line_error(rc, err, f"{db / name} line {line}", words)
+    assert "tuning" not in out
+    rc, _, err = run_main(capsys, "compile", tuned.model, "--db", db, "-o", tmp_path / "m.so")
+    assert_one_line_error(rc, err, f"{db / name} line {line}", words)
+    assert {f: (db / f).read_bytes() for f in snapshot} == snapshot
+    assert not (tmp_path / "m.so").exists()
+
+
+def test_interrupted_append_is_repaired_and_nothing_is_lost(tuned, tmp_path, capsys):
+    from accelc.schedules.tuning import database
+    from accelc.targets import cpu
+
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    good = (db / RECORDS).read_bytes()
+    last = good.splitlines()[-1]
+    (db / RECORDS).write_bytes(good + last[:100])  # a record cut short by a kill mid-write
+    rc, _, err = run_main(capsys, "compile", tuned.model, "--db", db, "-o", tmp_path / "m.so")
+    assert_one_line_error(rc, err, f"{db / RECORDS} line 5", "incomplete last line")
+    assert (db / RECORDS).read_bytes() == good + last[:100]  # compile never writes
+    rc, out, err = run_main(capsys, "tune", tuned.model, "--db", db, *SMALL)
+    assert rc == 0, err
+    assert f"note: {RECORDS} line 5: set aside an incomplete line" in out
+    assert "(3 already in" in out and "measured 0 new" in out  # the budget was already reached
+    assert (db / RECORDS).read_bytes() == good
+    assert (db / (RECORDS + ".torn")).read_bytes() == last[:100] + b"\n"
+    (db / RECORDS).write_bytes(good[:-1])  # a whole record whose newline was never written
+    tdb = database.open_database(db, cpu.host_target(), create=True)
+    assert tdb.repaired == [f"{RECORDS} line 4: restored the newline an interrupted write left out"]
+    assert (db / RECORDS).read_bytes() == good and len(tdb.records) == 4
+
+
+def test_search_skips_candidates_already_in_the_database():
+    """EvolutionarySearch alone would propose them again; the wrapper drops them before building,
+    and the hash it compares is the one a stored record replays to."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.compiler.frontend import import_onnx
+    from accelc.schedules.tuning import driver, load_intrinsics
+    from accelc.targets import cpu
+
+    load_intrinsics("llvm")
+    target = cpu.host_target()
+    task = next(t for t in driver.relax_tasks(import_onnx(mlp_model(batch=8)).mod, target,
+                                              driver._cpu_front_passes(target), driver._not_a_named_kernel)
+                if TASK in t.name)
+    skip_measured, _ = driver._classes()
+
+    def propose(known):
+        stats = {"skipped": 0}
+        strategy = skip_measured(4, 4, set(known), stats)
+        ctx = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                             search_strategy=strategy, rand_state=5, num_threads=1)
+        db = ms.database.MemoryDatabase()
+        strategy.pre_tuning(4, 4, ctx.space_generator.generate_design_space(task.mod), db,
+                            ms.cost_model.RandomModel(seed=1))
+        return strategy.generate_measure_candidates(), stats, db
+
+    first, stats, db = propose(set())
+    hashes = [tvm_ffi.structural_hash(c.sch.mod) for c in first]
+    assert len(first) == 4 and len(set(hashes)) == 4 and stats["skipped"] == 0
+    wkl = db.commit_workload(task.mod)
+    for c, h in zip(first, hashes):
+        rec = ms.database.TuningRecord(c.sch.trace, wkl, [1e-6], target, c.args_info)
+        assert tvm_ffi.structural_hash(rec.as_measure_candidate().sch.mod) == h
+    again, stats, _ = propose(hashes[:2])  # same seed: the same proposals, two of them known
+    assert stats["skipped"] == 2
+    assert [tvm_ffi.structural_hash(c.sch.mod) for c in again] == hashes[2:]
+
+
+def test_plan_splits_trials_by_calls_times_default_latency():
+    from accelc.schedules.tuning.driver import Task, plan_trials
+
+    tasks = [Task("a", None, 1, 1e6, before=6e-6), Task("b", None, 2, 1e6, before=1e-6),
+             Task("c", None, 1, 1e3, before=1e-6)]
+    plan_trials(tasks, 10)
+    assert [t.planned for t in tasks] == [7, 2, 1]  # shares 6.67, 2.22, 1.11
+    tasks[0].flops, tasks[1].flops, tasks[2].before = 6e6, 4e6, None  # 1 and 4 TFLOP/s; c unmeasured:
+    plan_trials(tasks, 100)  # its 1e3 FLOP at the median 2.5 TFLOP/s take 0.4 ns
+    assert [t.planned for t in tasks] == [75, 25, 0]  # shares 74.996, 24.999, 0.005
+    for t in tasks:
+        t.before = None  # nothing measured: by calls × FLOPs
+    plan_trials(tasks, 30)
+    assert [t.planned for t in tasks] == [13, 17, 0]  # 6e6 : 8e6 : 1e3
+
+
+def test_usage_and_target_errors(tuned, tmp_path, capsys):
+    from accelc.schedules.tuning import database
+    from accelc.targets import cpu
+
+    with pytest.raises(SystemExit) as done:
+        run_main(capsys, "tune", "--help")
+    assert done.value.code == 0
+    usage = capsys.readouterr().out
+    assert all(opt in usage for opt in ("--trials", "--db", "--cost-model", "--rpc", "--tasks"))
+    rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "cuda", "--db", tmp_path / "x")
+    assert_one_line_error(rc, err, "unknown target 'cuda'")
+    rc, _, err = run_main(capsys, "tune", tuned.model, "--db", tmp_path / "no" / "db")
+    assert_one_line_error(rc, err, "does not exist")
+    rc, _, err = run_main(capsys, "tune", tuned.model, "--rpc", "localhost:x", "--db", tmp_path / "x")
+    assert_one_line_error(rc, err, "HOST:PORT:KEY")
+    rc, _, err = run_main(capsys, "tune", tuned.model, "--cost-model", "random", "--cost-model-warm-start",
+                          tuned.model, "--db", tmp_path / "x")
+    assert_one_line_error(rc, err, "needs --cost-model xgb")
+    rc, _, err = run_main(capsys, "tune", tuned.model, "--tasks", "no_such_task", "--db", tmp_path / "x")
+    assert_one_line_error(rc, err, "no tunable tasks matching --tasks no_such_task")
+    assert not (tmp_path / "x").exists()
+    busy = database.open_database(tmp_path / "busy", cpu.host_target(), create=True)  # holds the lock
+    rc, _, err = run_main(capsys, "tune", tuned.model, "--db", tmp_path / "busy", *SMALL)
+    assert_one_line_error(rc, err, "is being tuned by another process")
+    busy.close()
+
+
+@pytest.fixture()
+def rpc_tracker():
+    """A TVM RPC tracker and one server registered under a key, on loopback."""
+    pytest.importorskip("tornado")  # the tracker needs it
+    from tvm.rpc.server import Server
+    from tvm.rpc.tracker import Tracker
+
+    base = random.randint(20000, 40000)
+    tracker = Tracker("127.0.0.1", port=base, port_end=base + 200, silent=True)
+    server = Server("127.0.0.1", port=base + 300, port_end=base + 500, tracker_addr=("127.0.0.1", tracker.port),
+                    key="accelc-test", silent=True)
+    time.sleep(1.0)  # the server registers with the tracker
+    yield f"127.0.0.1:{tracker.port}"
+    server.terminate()
+    tracker.terminate()
+
+
+def test_rpc_runner_measures_a_task_on_loopback(rpc_tracker, tmp_path):
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.compiler.frontend import import_onnx
+    from accelc.errors import TargetError
+    from accelc.schedules.tuning import database, driver, load_intrinsics
+    from accelc.targets import cpu
+
+    load_intrinsics("llvm")
+    target = cpu.host_target()
+    comps = driver.components("cpu", target, rpc=f"{rpc_tracker}:accelc-test")
+    assert isinstance(comps["runner"], ms.runner.RPCRunner)
+    tasks = [t for t in comps["tasks"](import_onnx(mlp_model(batch=8)).mod) if TASK in t.name]
+    tdb = database.open_database(tmp_path / "db", target, create=True)
+    driver.measure_defaults(tasks, tdb, target, comps)  # built here, run by the RPC server
+    assert 0 < tasks[0].before < 1e-2 and tasks[0].has_default
+    assert [r.secs for r in tdb.records] == [tasks[0].before]
+    with pytest.raises(TargetError, match="no RPC server with key 'nokey'"):
+        driver.components("cpu", target, rpc=f"{rpc_tracker}:nokey")
+
+
+@pytest.mark.slow
+def test_tune_over_rpc(rpc_tracker, tuned, tmp_path, capsys):
+    rc, out, err = run_main(capsys, "tune", tuned.model, "--db", tmp_path / "db", "--trials", "2", "--batch", "2",
+                            "--tasks", TASK, "--cost-model", "random", "--no-progress",
+                            "--rpc", f"{rpc_tracker}:accelc-test")
+    assert rc == 0, err
+    recs = [json.loads(ln) for ln in lines(tmp_path / "db" / RECORDS)]
+    assert len(recs) == 3
+    assert all(math.isfinite(s) and 0 < s < 1e-2 for r in recs for s in r[1][1])
+
+
+def test_sim_target_tunes_the_accelerator_layers(tuned, tmp_path, capsys):
+    pytest.importorskip("accelc.targets.sim.tuning")
+    rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "sim", "--db", tmp_path / "x")
+    assert_one_line_error(rc, err, "no tunable tasks for sim")
+    rc, out, err = run_main(capsys, "tune", tuned.model, "-t", "sim", "--passes", "int8", "--trials", "2",
+                            "--batch", "2", "--tasks", "gemm_8x16x32", "--db", tmp_path / "db", "--no-progress",
+                            "--cost-model", "random")
+    assert rc == 0, err
+    recs = [json.loads(ln) for ln in lines(tmp_path / "db" / RECORDS)]
+    assert len(recs) == 3 and all(r[1][2]["keys"][0] == "accel-sim" for r in recs)
+    assert all(0 < s < 1 for r in recs for s in r[1][1])  # simulated seconds: cycles / clock
+    assert "sim_gemm_8x16x32" in out
+    rc, out, err = run_main(capsys, "compile", tuned.model, "-t", "sim", "--passes", "int8", "--db", tmp_path / "db",
+                            "-o", tmp_path / "m.so")
+    assert rc == 0, err
+
+
+@pytest.mark.slow
+def test_cost_model_is_saved_and_the_next_run_warm_starts(tuned, tmp_path, capsys):
+    """The xgb model trained during a run is saved in the database directory; the next run on it
+    starts from it and adds its own measurements (sim target: cheap to measure)."""
+    pytest.importorskip("accelc.targets.sim.tuning")
+    from accelc.schedules.tuning.cost_model import AccelcXGBModel
+
+    args = ["tune", tuned.model, "-t", "sim", "--passes", "int8", "--tasks", "gemm_8x16x32", "--batch", "2",
+            "--db", tmp_path / "db", "--no-progress"]
+    saved = tmp_path / "db" / "cost_model-xgb.json"
+    for trials, n in ((2, 2), (4, 4)):
+        rc, _, err = run_main(capsys, *args, "--trials", trials)
+        assert rc == 0, err
+        model = AccelcXGBModel("sim")
+        model.load(str(saved))
+        assert model.n_records == n
