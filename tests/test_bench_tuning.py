@@ -1,0 +1,42 @@
+"""The tuning-efficiency benchmark: its trials-to-95 % metric on synthetic curves, and one tiny
+real sim search producing a table row."""
+
+import math
+
+import pytest
+
+from accelc.benchmarks import bench_tuning as bt
+from accelc.errors import UsageError
+
+
+def test_trials_to_95_and_the_summary():
+    best = 1.0
+    assert bt.trials_to([2.0, 1.2, 1.05, 1.0], best) == 3  # 1.05 ≤ 1 / 0.95 = 1.0526
+    assert bt.trials_to([1.06, 1.06, 1.06], best) is None  # never within 5 %
+    assert bt.trials_to([math.inf, 1e10, 1.0], best) == 3  # failed trials never count
+    assert list(bt.best_so_far([3.0, 1e10, 2.0, 5.0])) == [3.0, 3.0, 2.0, 2.0]
+    runs = {"a": {"xgb": {0: [4.0, 1.0, 1.0, 1.0]}, "tvm-xgb": {0: [4.0, 4.0, 4.0, 1.02]},
+                  "random": {0: [4.0, 4.0, 4.0, 4.0]}},
+            "b": {"xgb": {0: [2.0, 2.0, 1.0, 1.0], 1: [1.0, 2.0, 2.0, 2.0]},
+                  "tvm-xgb": {0: [2.0, 2.0, 2.0, 2.0], 1: [2.0, 1.0, 2.0, 2.0]},
+                  "random": {0: [2.0, 2.0, 2.0, 2.0], 1: [2.0, 2.0, 2.0, 2.0]}}}
+    s = bt.summarize(runs, trials=4)
+    assert s["tasks"]["a"]["trials_to"] == {"xgb": {0: 2}, "tvm-xgb": {0: 4}, "random": {0: None}}
+    assert s["tasks"]["a"]["mean"] == {"xgb": 2.0, "tvm-xgb": 4.0, "random": 5.0}  # never = T + 1
+    assert s["tasks"]["b"]["mean"] == {"xgb": 2.0, "tvm-xgb": 3.5, "random": 5.0}
+    assert s["ratio_to_xgb"]["tvm-xgb"] == pytest.approx(math.sqrt(2.0 * 1.75))
+    assert s["ours_over_stock"] == pytest.approx(1 / math.sqrt(3.5))
+    assert s["tasks"]["a"]["final"]["random"] == 4.0
+
+
+def test_a_tiny_sim_run_produces_a_row():
+    res = bt.run("sim", 1, trials=4, seeds=1, batch=4, models=("xgb", "random"), only=("gpt2_qkv",),
+                 log=lambda _: None)
+    row = res["tasks"]["gpt2_qkv"]
+    assert len(res["curves"]["gpt2_qkv"]["xgb"]["0"]) == 4 and len(res["curves"]["gpt2_qkv"]["random"]["0"]) == 4
+    # 64×384×1152 MACs on the default 32×32 array at 500 MHz: at least 27648 cycles = 55.3 µs
+    assert 64 * 384 * 1152 / 1024 / 500e6 <= row["best_s"] < 1e-2
+    assert min(row["mean"].values()) <= 4 and all(1 <= v <= 5 for v in row["mean"].values())
+    assert "gpt2_qkv" in bt.table(res) and "geomean ratio to xgb" in bt.table(res)
+    with pytest.raises(UsageError, match="unknown sim task"):
+        bt.run("sim", 1, 4, 1, 4, only=("nope",))
