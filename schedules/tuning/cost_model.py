@@ -1,0 +1,249 @@
+"""accelc's learned cost model for MetaSchedule: XGBoost ranking over ``AccelcFeatures``.
+
+The search only needs the candidates of one task *ordered*, so the model learns an order, not
+a latency: ``rank:pairwise`` with one query group per task (workload), labels = normalized
+throughput (the task's best latency / the candidate's latency). Each candidate's per-store rows
+are aggregated into one vector (mean, max and min over stores, the store count, and the target
+features once). ``update()`` adds the measured results and retrains (online, during tuning);
+``save``/``load`` write one JSON file (XGBoost's native JSON model + our metadata + optionally
+the training set), and ``warm_start=PATH`` starts from a model trained on other tasks and
+models: either retraining on the pooled records (``warm_mode="pooled"``, default) or adding
+boosting rounds on top of the loaded trees (``"continue"``).
+
+``make_cost_model(name, ...)`` gives the tuner one of ``xgb`` (this), ``tvm-xgb`` (TVM's stock
+``XGBModel``) or ``random``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.cost_model import PyCostModel
+
+from ...errors import ArtifactError, UsageError
+from .features import FEATURE_VERSION, PER_STORE_LENGTH, AccelcFeatures
+
+FORMAT = "accelc.cost_model"
+FORMAT_VERSION = 1
+FAILED_SECS = 1e9  # MetaSchedule records 1e10 s for a candidate that failed to build or run
+
+#: Chosen by leave-one-task-out on the benchmark's records (benchmarks/bench_cost_model.py).
+DEFAULT_PARAMS = {"max_depth": 6, "eta": 0.1, "subsample": 0.8, "colsample_bytree": 0.8,
+                  "min_child_weight": 1.0, "lambdarank_pair_method": "mean",
+                  "lambdarank_num_pair_per_sample": 8}
+DEFAULT_ROUNDS = 300
+
+
+def aggregate(rows: np.ndarray, n_target: int) -> np.ndarray:
+    """One candidate's vector from its per-store rows: per-store features' mean, max and min,
+    the store count, and the target features (identical on every row) once."""
+    rows = np.asarray(rows, dtype="float32")
+    width = rows.shape[1] - n_target if rows.ndim == 2 and rows.shape[0] else PER_STORE_LENGTH
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        return np.zeros(3 * width + 1 + n_target, dtype="float32")
+    store = rows[:, :width]
+    return np.concatenate([store.mean(0), store.max(0), store.min(0), [np.log2(rows.shape[0] + 1)],
+                           rows[0, width:]]).astype("float32")
+
+
+def throughput_labels(latency: np.ndarray) -> np.ndarray:
+    """The task's best latency / each latency (1 = best, 0 = failed)."""
+    lat = np.asarray(latency, dtype="float64")
+    ok = lat < FAILED_SECS
+    out = np.zeros_like(lat)
+    if ok.any():
+        out[ok] = lat[ok].min() / lat[ok]
+    return out
+
+
+@dataclass
+class Group:
+    """The measured candidates of one task (workload)."""
+
+    x: list[np.ndarray] = field(default_factory=list)  # aggregated feature vectors
+    latency: list[float] = field(default_factory=list)
+
+
+@derived_object
+class AccelcXGBModel(PyCostModel):
+    """XGBoost ranking cost model over ``AccelcFeatures``; ``predict`` scores, higher = faster.
+
+    ``objective``: ``rank:pairwise`` (default), ``rank:ndcg`` or ``reg:squarederror`` (on the
+    normalized throughput). ``warm_start``: a model file saved by ``save()``.
+    """
+
+    def __init__(self, target_kind: str = "llvm", *, objective: str = "rank:pairwise",
+                 warm_start: str | os.PathLike | None = None, warm_mode: str = "pooled",
+                 seed: int = 0, rounds: int = DEFAULT_ROUNDS, params: dict | None = None,
+                 extractor=None, nthread: int | None = None):
+        super().__init__()
+        if objective not in ("rank:pairwise", "rank:ndcg", "reg:squarederror"):
+            raise UsageError(f"unknown cost-model objective '{objective}'; use rank:pairwise, "
+                             "rank:ndcg or reg:squarederror")
+        if warm_mode not in ("pooled", "continue"):
+            raise UsageError(f"unknown warm-start mode '{warm_mode}'; use pooled or continue")
+        self.target_kind = target_kind
+        self.extractor = extractor or AccelcFeatures(target_kind)
+        self.n_target = len(self.extractor.names) - PER_STORE_LENGTH
+        self.objective, self.warm_mode, self.seed, self.rounds = objective, warm_mode, seed, rounds
+        self.params = {**DEFAULT_PARAMS, **(params or {})}
+        self.nthread = nthread
+        self.groups: dict[str, Group] = {}
+        self.booster = None
+        self.base_booster = None  # the warm-start trees ("continue" mode adds rounds to them)
+        self.base_groups: set[str] = set()
+        self.rng = np.random.default_rng(seed)
+        if warm_start is not None:
+            self.load(str(warm_start))
+            self.base_booster = self.booster
+            self.base_groups = set(self.groups)
+
+    # -- data ---------------------------------------------------------------------------------
+    @property
+    def n_records(self) -> int:
+        return sum(len(g.latency) for g in self.groups.values())
+
+    def features(self, context, candidates) -> np.ndarray:
+        rows = self.extractor.extract_from(context, candidates)
+        return np.stack([aggregate(r.numpy(), self.n_target) for r in rows]) if rows else \
+            np.zeros((0, self.n_features), dtype="float32")
+
+    @property
+    def n_features(self) -> int:
+        return 3 * PER_STORE_LENGTH + 1 + self.n_target
+
+    def add(self, key: str, x: np.ndarray, latency) -> None:
+        """Record measured candidates (aggregated features ``x``, latencies in seconds)."""
+        group = self.groups.setdefault(key, Group())
+        group.x.extend(np.asarray(x, dtype="float32"))
+        group.latency.extend(float(v) for v in latency)
+
+    def fit(self) -> None:
+        """Train on every recorded group (or, in "continue" warm-start mode, add rounds to the
+        loaded trees using the new groups only)."""
+        import xgboost as xgb
+
+        keys = [k for k, g in self.groups.items() if len(g.latency) > 1]
+        if self.base_booster is not None and self.warm_mode == "continue":
+            keys = [k for k in keys if k not in self.base_groups]
+        if not keys:
+            return
+        x = np.concatenate([np.stack(self.groups[k].x) for k in keys])
+        y = np.concatenate([throughput_labels(self.groups[k].latency) for k in keys])
+        qid = np.concatenate([np.full(len(self.groups[k].latency), i) for i, k in enumerate(keys)])
+        params = {**self.params, "objective": self.objective, "seed": self.seed, "verbosity": 0}
+        if self.nthread:
+            params["nthread"] = self.nthread
+        if self.objective == "rank:ndcg":
+            params["ndcg_exp_gain"] = False  # float labels
+        if not self.objective.startswith("rank:"):
+            params = {k: v for k, v in params.items() if not k.startswith("lambdarank")}
+        dtrain = xgb.DMatrix(x, label=y, qid=qid if self.objective.startswith("rank:") else None)
+        if self.base_booster is not None and self.warm_mode == "continue":
+            self.booster = xgb.train(params, dtrain, max(self.rounds // 3, 10), xgb_model=self.base_booster.copy())
+        else:
+            self.booster = xgb.train(params, dtrain, self.rounds)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scores for aggregated feature vectors (random before any training)."""
+        import xgboost as xgb
+
+        x = np.asarray(x, dtype="float32")
+        if self.booster is None:
+            return self.rng.uniform(size=len(x))
+        return self.booster.predict(xgb.DMatrix(x)).astype("float64")
+
+    # -- PyCostModel --------------------------------------------------------------------------
+    def update(self, context, candidates, results) -> None:
+        from tvm.s_tir.meta_schedule.utils import shash2hex
+
+        if not candidates:
+            return
+        latency = [min(float(s) for s in r.run_secs) if r.run_secs else 1e10 for r in results]
+        self.add(shash2hex(context.mod), self.features(context, candidates), latency)
+        self.fit()
+
+    def predict(self, context, candidates) -> np.ndarray:
+        if not candidates:
+            return np.zeros(0)
+        if self.booster is None:
+            return self.rng.uniform(size=len(candidates))
+        return self.score(self.features(context, candidates))
+
+    def save(self, path: str | os.PathLike, include_data: bool = True) -> None:
+        """One JSON file: metadata, XGBoost's native JSON model, and the training records."""
+        from ...fileio import atomic_write
+
+        doc = {"format": FORMAT, "version": FORMAT_VERSION, "feature_version": FEATURE_VERSION,
+               "feature_names": list(self.extractor.names), "n_features": self.n_features,
+               "target_kind": self.target_kind, "objective": self.objective,
+               "booster": json.loads(bytes(self.booster.save_raw("json"))) if self.booster else None,
+               "groups": {k: _pack(g) for k, g in self.groups.items()} if include_data else {}}
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(doc)))
+
+    def load(self, path: str | os.PathLike) -> None:
+        import xgboost as xgb
+
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: no such cost-model file")
+        try:
+            doc = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ArtifactError(f"{path}: not an accelc cost-model file (not JSON: {err})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ArtifactError(f"{path}: not an accelc cost-model file (no '{FORMAT}' header)")
+        if doc.get("version") != FORMAT_VERSION or doc.get("feature_version") != FEATURE_VERSION:
+            raise ArtifactError(f"{path}: cost model format {doc.get('version')} / features "
+                                f"{doc.get('feature_version')}; this accelc reads {FORMAT_VERSION} / "
+                                f"{FEATURE_VERSION}: retrain it")
+        if doc.get("feature_names") != list(self.extractor.names) or doc.get("n_features") != self.n_features:
+            raise ArtifactError(f"{path}: trained on {doc.get('n_features')} features of target "
+                                f"'{doc.get('target_kind')}', this model has {self.n_features} "
+                                f"('{self.target_kind}'): retrain it")
+        try:
+            booster = None
+            if doc["booster"] is not None:
+                booster = xgb.Booster()
+                booster.load_model(bytearray(json.dumps(doc["booster"]).encode()))
+            groups = {k: _unpack(v, self.n_features) for k, v in doc["groups"].items()}
+        except (xgb.core.XGBoostError, KeyError, ValueError, TypeError) as err:
+            raise ArtifactError(f"{path}: corrupt cost-model file ({str(err).splitlines()[0]})") from None
+        self.booster, self.groups, self.objective = booster, groups, doc.get("objective", self.objective)
+
+
+def _pack(group: Group) -> dict:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=np.stack(group.x).astype("float32"), latency=np.asarray(group.latency))
+    return {"npz": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+def _unpack(doc: dict, n_features: int) -> Group:
+    with np.load(io.BytesIO(base64.b64decode(doc["npz"])), allow_pickle=False) as data:
+        x, latency = data["x"], data["latency"]
+    if x.ndim != 2 or x.shape[1] != n_features or len(x) != len(latency):
+        raise ValueError(f"records of shape {x.shape} for {n_features} features")
+    return Group(list(x), list(latency))
+
+
+def make_cost_model(name: str, target_kind: str = "llvm", warm_start: str | None = None, seed: int = 0):
+    """The cost model ``accelc tune --cost-model NAME`` uses: ``xgb`` (ours), ``tvm-xgb``
+    (TVM's ``XGBModel`` on ``PerStoreFeature``) or ``random``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if name == "xgb":
+        return AccelcXGBModel(target_kind, warm_start=warm_start, seed=seed)
+    if warm_start is not None:
+        raise UsageError(f"--warm-start needs the 'xgb' cost model, not '{name}'")
+    if name == "tvm-xgb":
+        return ms.cost_model.XGBModel(config=ms.cost_model.xgb_model.XGBConfig(seed=seed), num_tuning_cores=None)
+    if name == "random":
+        return ms.cost_model.RandomModel(seed=seed)
+    raise UsageError(f"unknown cost model '{name}'; use xgb, tvm-xgb or random")

@@ -1,0 +1,292 @@
+"""Measured schedule records for training and judging cost models.
+
+A cost model is only as good as what it learned from, and it is only judged honestly on tasks
+it never saw. This module collects real measurements for a fixed list of tuning tasks taken from
+the model zoo (candidates sampled by MetaSchedule's evolutionary search under a random cost
+model, built with ``local_builder()`` and timed by ``LocalRunner``), keeps them as stock
+MetaSchedule JSON databases (one per task, gzipped for the repository), and turns them back into
+``(TuneContext, MeasureCandidate, latency)`` triples that any ``CostModel`` can be fed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UsageError
+
+#: The benchmark's tasks: (label, zoo model, MetaSchedule task name). Chosen for variety (dense
+#: and batched matmuls with fused epilogues, convolutions, reductions) at 3-80 MFLOP, so even a
+#: bad schedule runs in milliseconds.
+CPU_TASKS = (
+    ("vit_fc1_gelu", "deit-tiny", "fused_matmul4_add4_divide_fast_erf_add5_multiply1_multiply21"),
+    ("vit_qkv", "deit-tiny", "fused_matmul_add21"),
+    ("vit_scores", "deit-tiny", "fused_matmul1_multiply1"),
+    ("vit_attn_v", "deit-tiny", "matmul21"),
+    ("resnet_conv3x3", "resnet-small", "fused_conv2d1_subtract1_divide1_multiply1_add2_relu11"),
+    ("vit_softmax", "deit-tiny", "softmax1"),
+    ("bert_dense", "bert-encoder", "fused_matmul_add31"),
+    ("resnet_conv1x1_s2", "resnet-small", "fused_conv2d7_subtract3_divide3_multiply3_add81"),
+    ("gpt2_scores_causal", "gpt2-like", "fused_matmul1_divide_where11"),
+    ("vit_layernorm", "deit-tiny", "layer_norm1"),
+    ("minilm_fc2", "minilm-l6", "fused_matmul3_add3_add21"),
+    ("resnet_maxpool", "resnet-small", "max_pool2d1"),
+    ("vit_patch_conv", "deit-tiny", "fused_conv2d_add1"),
+    ("bert_scores_mask", "bert-encoder", "fused_matmul1_divide_add41"),
+    ("gpt2_fc1_tanh", "gpt2-like",
+     "fused_matmul3_add4_power_multiply_add5_multiply1_fast_tanh_multiply2_add6_multiply31"),
+    ("resnet_conv3x3_s2", "resnet-small", "fused_conv2d5_subtract3_divide3_multiply3_add8_relu31"),
+)
+
+_DB_FILES = ("database_workload.json", "database_tuning_record.json")
+FAILED_SECS = 1e10  # what MetaSchedule records for a candidate that did not build or run
+
+
+@dataclass
+class TaskRecords:
+    """One task's measured candidates: ``latency[i]`` (seconds) belongs to ``candidates[i]``."""
+
+    name: str
+    context: object  # TuneContext (mod = the workload, target)
+    candidates: list = field(default_factory=list)  # MeasureCandidate
+    latency: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    run_secs: list = field(default_factory=list)  # every repeat, for noise estimates
+    x: np.ndarray | None = None  # per-candidate features, when a caller computed them
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.latency < FAILED_SECS / 10
+
+    def subset(self, idx) -> "TaskRecords":
+        idx = np.asarray(idx)
+        return TaskRecords(self.name, self.context, [self.candidates[i] for i in idx], self.latency[idx],
+                           [self.run_secs[i] for i in idx], None if self.x is None else self.x[idx])
+
+    def runner_results(self) -> list:
+        from tvm.s_tir.meta_schedule.runner import RunnerResult
+
+        return [RunnerResult([float(s) for s in secs] if lat < FAILED_SECS / 10 else None,
+                             None if lat < FAILED_SECS / 10 else "failed")
+                for secs, lat in zip(self.run_secs, self.latency)]
+
+
+def extract_tasks(model: str, target) -> list:
+    """MetaSchedule's tasks of a zoo model, after the CPU target's front passes."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from ... import models
+    from ...compiler.frontend import import_onnx
+    from ...targets import cpu
+
+    mod = import_onnx(models.build(model)).mod
+    with target:
+        fused = tvm.transform.Sequential(cpu.front_passes(target))(mod)
+    return list(ms.relax_integration.extract_tasks(fused, target))
+
+
+def select_tasks(target, spec=CPU_TASKS, only: list[str] | None = None) -> list[tuple[str, object]]:
+    """``[(label, ExtractedTask)]`` for the labels of ``spec`` (all, or those in ``only``)."""
+    wanted = [s for s in spec if only is None or s[0] in only]
+    if only is not None and len(wanted) != len(set(only)):
+        unknown = sorted(set(only) - {s[0] for s in spec})
+        raise UsageError(f"unknown cost-model task(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(s[0] for s in spec)}")
+    by_model: dict[str, dict] = {}
+    out = []
+    for label, model, task_name in wanted:
+        if model not in by_model:
+            by_model[model] = {t.task_name: t for t in extract_tasks(model, target)}
+        if task_name not in by_model[model]:
+            raise UsageError(f"zoo model '{model}' has no task '{task_name}' any more")
+        out.append((label, by_model[model][task_name]))
+    return out
+
+
+def measure_runner(repeat: int = 15, timeout_sec: float = 60):
+    """``LocalRunner`` for collection: ``repeat`` single runs after a warm-up. On a shared
+    machine a run either was preempted or not; the minimum keeps one that was not. (Averaging
+    several runs per repeat, TVM's default, lets one preemption spoil every repeat: under load
+    the timings of two-thread kernels came out as multiples of the 4 ms scheduler tick.)"""
+    from tvm.s_tir import meta_schedule as ms
+
+    cfg = ms.runner.EvaluatorConfig(number=1, repeat=repeat, min_repeat_ms=0, enable_cpu_cache_flush=False)
+    return ms.runner.LocalRunner(timeout_sec=timeout_sec, evaluator_config=cfg)
+
+
+def collect_task(label: str, task, work_dir: Path, trials: int, seed: int = 0,
+                 builder=None, runner=None, num_trials_per_iter: int = 32) -> int:
+    """Tune ``task`` for ``trials`` more candidates with a random cost model; every measured
+    candidate lands in ``work_dir/label`` as a JSON database. Returns its record count."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import load_intrinsics, local_builder
+
+    load_intrinsics("llvm")
+    out = Path(work_dir) / label
+    out.mkdir(parents=True, exist_ok=True)
+    # A small population and one genetic round: with a random cost model the full-size
+    # evolution (512 x 4 rounds) only burns CPU; this keeps its mix of fresh random samples and
+    # mutants of the best measured ones.
+    strategy = ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=32,
+                                                     genetic_num_iters=1)
+    ctx = ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
+                         search_strategy=strategy, task_name=label, rand_state=seed, num_threads="physical")
+    db = ms.database.JSONDatabase(work_dir=str(out))
+    ms.tune.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=str(out), max_trials_global=trials,
+                       num_trials_per_iter=num_trials_per_iter, builder=builder or local_builder(),
+                       runner=runner or measure_runner(), database=db, cost_model="random",
+                       task_scheduler="round-robin")
+    return len(db.get_all_tuning_records())
+
+
+def collect_all(work_dir: Path, target, trials: int = 128, seed: int = 0, only: list[str] | None = None,
+                log=print) -> dict:
+    """``collect_task`` for every task of ``CPU_TASKS`` (or ``only``); a task whose database
+    already holds ``trials`` records is kept, so an interrupted collection resumes."""
+    work_dir = Path(work_dir)
+    info = {}
+    for label, task in select_tasks(target, only=only):
+        have = task_dir_count(work_dir / label)
+        t0 = time.perf_counter()
+        if have < trials:
+            have = collect_task(label, task, work_dir, trials - have, seed=seed + have)
+        info[label] = {"records": have, "seconds": round(time.perf_counter() - t0, 1)}
+        log(f"{label}: {have} records ({info[label]['seconds']} s)")
+    return info
+
+
+def task_dir_count(task_dir: Path) -> int:
+    path = Path(task_dir) / _DB_FILES[1]
+    return sum(1 for line in open(path) if line.strip()) if path.is_file() else 0
+
+
+def remeasure(task_dir: Path, out_dir: Path, batch: int = 16, log=print) -> int:
+    """Build and time again every record of ``task_dir`` with ``measure_runner()``, writing a
+    database with the same traces and the new timings to ``out_dir/<task>`` (resumable)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import load_intrinsics, local_builder
+
+    load_intrinsics("llvm")
+    src = open_database(task_dir)
+    records = list(src.get_all_tuning_records())
+    dest = Path(out_dir) / Path(task_dir).name
+    dest.mkdir(parents=True, exist_ok=True)
+    done = task_dir_count(dest)
+    db = ms.database.JSONDatabase(work_dir=str(dest))
+    builder, runner = local_builder(), measure_runner()
+    for start in range(done, len(records), batch):
+        chunk = records[start:start + batch]
+        mods = []
+        for rec in chunk:
+            sch = tvm.s_tir.Schedule(rec.workload.mod)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            mods.append(sch.mod)
+        built = builder.build([ms.builder.BuilderInput(m, rec.target) for m, rec in zip(mods, chunk)])
+        futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", rec.args_info)
+                              for b, rec in zip(built, chunk) if b.error_msg is None])
+        results = iter(f.result() for f in futures)
+        for b, rec in zip(built, chunk):
+            res = next(results) if b.error_msg is None else None
+            secs = [float(s) for s in res.run_secs] if res is not None and res.run_secs else [FAILED_SECS]
+            db.commit_tuning_record(ms.database.TuningRecord(rec.trace, db.commit_workload(rec.workload.mod),
+                                                             secs, rec.target, rec.args_info))
+            if b.artifact_path:
+                shutil.rmtree(Path(b.artifact_path).parent, ignore_errors=True)
+        log(f"{dest.name}: {min(start + batch, len(records))}/{len(records)}")
+    return task_dir_count(dest)
+
+
+def pack(work_dir: Path, out_dir: Path, only: list[str] | None = None, limit: int | None = None) -> None:
+    """Gzip the task databases of ``work_dir`` (all, or ``only``; the first ``limit`` records)
+    into ``out_dir``: the copy kept in the repository."""
+    for task_dir in sorted(p for p in Path(work_dir).iterdir() if (p / _DB_FILES[1]).is_file()):
+        if only is not None and task_dir.name not in only:
+            continue
+        dest = Path(out_dir) / task_dir.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in _DB_FILES:
+            lines = (task_dir / name).read_text().splitlines(keepends=True)
+            if name == _DB_FILES[1] and limit is not None:
+                lines = lines[:limit]
+            with gzip.open(dest / f"{name}.gz", "wt", compresslevel=9) as out:
+                out.writelines(lines)
+
+
+def task_names(data_dir: Path) -> list[str]:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"cost-model data directory {data_dir} does not exist")
+    return sorted(p.name for p in data_dir.iterdir()
+                  if (p / _DB_FILES[1]).is_file() or (p / f"{_DB_FILES[1]}.gz").is_file())
+
+
+def open_database(task_dir: Path):
+    """The task's ``JSONDatabase``; gzipped files are unpacked into a temporary copy first."""
+    from tvm.s_tir import meta_schedule as ms
+
+    task_dir = Path(task_dir)
+    if (task_dir / _DB_FILES[1]).is_file():
+        src = task_dir
+    else:
+        src = Path(tempfile.mkdtemp(prefix="accelc-db-"))
+        for name in _DB_FILES:
+            with gzip.open(task_dir / f"{name}.gz", "rb") as fh, open(src / name, "wb") as out:
+                shutil.copyfileobj(fh, out)
+    return ms.database.JSONDatabase(path_workload=str(src / _DB_FILES[0]),
+                                    path_tuning_record=str(src / _DB_FILES[1]), allow_missing=False)
+
+
+def load_task(task_dir: Path, limit: int | None = None) -> TaskRecords:
+    """Replay every record's trace on its workload: the candidates a cost model scores."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import load_intrinsics
+
+    load_intrinsics("llvm")
+    db = open_database(task_dir)
+    records = list(db.get_all_tuning_records())[:limit]
+    if not records:
+        raise UsageError(f"{task_dir}: no tuning records")
+    workload = records[0].workload
+    target = records[0].target
+    ctx = ms.TuneContext(mod=workload.mod, target=target, task_name=Path(task_dir).name)
+    cands, lat, secs = [], [], []
+    for rec in records:
+        sch = tvm.s_tir.Schedule(workload.mod)
+        rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        run = [float(s) for s in rec.run_secs] if rec.run_secs else [FAILED_SECS]
+        cands.append(ms.MeasureCandidate(sch, rec.args_info))
+        lat.append(min(run))
+        secs.append(run)
+    return TaskRecords(Path(task_dir).name, ctx, cands, np.array(lat), secs)
+
+
+def load_all(data_dir: Path, only: list[str] | None = None, limit: int | None = None) -> list[TaskRecords]:
+    names = task_names(data_dir)
+    if only:
+        missing = sorted(set(only) - set(names))
+        if missing:
+            raise UsageError(f"{data_dir}: no records for task(s) {', '.join(missing)}")
+        names = [n for n in names if n in only]
+    return [load_task(Path(data_dir) / n, limit) for n in names]
+
+
+def write_manifest(out_dir: Path, info: dict) -> None:
+    Path(out_dir, "manifest.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

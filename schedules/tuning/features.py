@@ -1,0 +1,621 @@
+"""Schedule features for accelc's learned cost model: TVM's per-store features plus our own.
+
+``PerStoreFeature`` describes each buffer store of a candidate (164 floats: loop structure,
+arithmetic mix, buffer access patterns, arithmetic-intensity curve). What it lacks is the
+machine: whether the vectorized loop fills the vector unit, whether the tile a loop level
+touches fits L1/L2, how many accumulators the micro-kernel keeps live against the register
+file, whether the parallel extent splits evenly over the cores. ``AccelcFeatures`` appends
+those, computed from the scheduled TIR and the target, to every per-store row.
+
+Target features come in groups: ``cpu`` (every target runs some kernels on the host) and one
+per accelerator kind. The ``sim`` group is computed generically from loop extents and buffer
+regions (tile counts, DMA bytes, PE-array mapping efficiency, shift vs multiply ops);
+``register_target_features("sim", fn, names)`` lets the sim target plug in exact ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
+
+FEATURE_VERSION = 2
+PER_STORE_LENGTH = 164
+_LAYOUT_PREPROC = "meta_schedule.layout_rewrite_preproc"
+
+
+# -- the scheduled loop nest, as plain Python ----------------------------------------------------
+@dataclass
+class Loop:
+    var: object
+    min: int
+    extent: int
+    kind: int  # tvm.tirx.ForKind
+    unroll_max_step: int = 0  # pragma_auto_unroll_max_step on this loop, if any
+
+
+@dataclass
+class Access:
+    """A buffer region of a block: per dimension, its start (compiled, in block variables)
+    and extent."""
+
+    buffer: str
+    elem_bytes: float
+    shape: tuple[int, ...]
+    dims: list[tuple[tuple | None, int]]
+
+
+@dataclass
+class Block:
+    """One compute block (init blocks included, weight-packing blocks left out). Index
+    expressions are compiled to tuples (see ``_compile``) so the features are pure Python."""
+
+    name: str
+    loops: list[Loop]  # enclosing loops, outermost first
+    bindings: list[tuple | None]  # each block variable, in the loops' indices
+    reduce_vars: list[int]  # which block variables are reductions
+    accesses: list[Access]  # reads, then writes
+    out_bits: int  # element width of what the block writes
+    ops: dict[str, int]  # per iteration: "float", "int", "mul", "shift", "special"
+
+    @property
+    def iterations(self) -> int:
+        return math.prod(lp.extent for lp in self.loops)
+
+    @property
+    def is_reduction(self) -> bool:
+        return bool(self.reduce_vars)
+
+    @property
+    def work(self) -> float:
+        return self.iterations * max(1, self.ops["float"] + self.ops["int"])
+
+
+@dataclass
+class Program:
+    """A scheduled PrimFunc: its compute blocks, and the bytes of its I/O and scratch buffers."""
+
+    blocks: list[Block]
+    io_bytes: float
+    scratch_bytes: float  # buffers the schedule allocates (cache stages, rfactor), not weights
+
+
+@dataclass
+class TargetInfo:
+    """What the features compare a schedule against."""
+
+    num_cores: int = 1
+    vector_bits: int = 256
+    vector_regs: int = 16
+    cache_bytes: tuple[int, int, int] = (32 << 10, 512 << 10, 16 << 20)  # L1d, L2, L3
+    kind: str = "cpu"
+    sim_array: tuple[int, int] = (32, 32)  # the sim target's default PE array, rows x cols
+    sim_scratchpad_bytes: int = 3 * (256 << 10)  # its ifmap + filter + ofmap scratchpads
+    extra: dict = field(default_factory=dict)
+
+
+def parse(mod) -> Program:
+    """The compute blocks of ``mod["main"]`` with their loop nests, and its buffer sizes."""
+    import tvm
+    from tvm import s_tir, tirx
+
+    func = mod["main"] if isinstance(mod, tvm.IRModule) else mod
+    blocks: list[Block] = []
+    allocs, packed = [], set()
+
+    def visit(stmt, loops):
+        if isinstance(stmt, tirx.For):
+            ann = stmt.annotations or {}
+            step = int(ann["pragma_auto_unroll_max_step"]) if "pragma_auto_unroll_max_step" in ann else 0
+            visit(stmt.body, loops + [Loop(stmt.loop_var, _int(stmt.min), _int(stmt.extent), int(stmt.kind), step)])
+        elif isinstance(stmt, tirx.SeqStmt):
+            for s in stmt.seq:
+                visit(s, loops)
+        elif isinstance(stmt, s_tir.SBlockRealize):
+            blk = stmt.block
+            allocs.extend(blk.alloc_buffers)
+            if blk.init is not None:
+                visit(blk.init, loops)
+            if blk.annotations and _LAYOUT_PREPROC in blk.annotations:
+                packed.update(r.source.name for r in blk.writes)  # weights packed ahead of time
+            elif blk.iter_vars or blk.name_hint != "root":
+                blocks.append(_block(blk, stmt.iter_values, loops))
+            visit(blk.body, loops)
+        elif isinstance(stmt, tirx.IfThenElse):
+            visit(stmt.then_case, loops)
+            if stmt.else_case is not None:
+                visit(stmt.else_case, loops)
+        elif hasattr(stmt, "body") and isinstance(stmt.body, tirx.Stmt):
+            visit(stmt.body, loops)
+
+    visit(func.body, [])
+    io = sum(_buffer_bytes(p) for p in func.params if getattr(p, "shape", None) is not None)
+    scratch = sum(_buffer_bytes(b) for b in allocs if b.name not in packed)
+    return Program(blocks, float(io), float(scratch))
+
+
+def _buffer_bytes(buf) -> int:
+    return math.prod(_int(d) for d in buf.shape) * _dtype_bits(buf.dtype) // 8
+
+
+def _block(blk, iter_values, loops: list[Loop]) -> Block:
+    loop_index = {lp.var: i for i, lp in enumerate(loops)}
+    var_index = {iv.var: i for i, iv in enumerate(blk.iter_vars)}
+    accesses = []
+    for region in list(blk.reads) + list(blk.writes):
+        buf = region.source
+        accesses.append(Access(buf.name, _dtype_bits(buf.dtype) / 8, tuple(_int(d) for d in buf.shape),
+                               [(_compile(r.min, var_index), _int(r.extent)) for r in region.region]))
+    out_bits = max((_dtype_bits(r.source.dtype) for r in blk.writes), default=32)
+    return Block(blk.name_hint, loops, [_compile(v, loop_index) for v in iter_values],
+                 [i for i, iv in enumerate(blk.iter_vars) if int(iv.iter_type) == 2], accesses, out_bits,
+                 _count_ops(blk.body))
+
+
+def _int(x) -> int:
+    return int(x) if hasattr(x, "value") or isinstance(x, int) else 1
+
+
+def _compile(expr, index: dict):
+    """An index expression as nested tuples over variable indices, or None if not affine-ish:
+    ``("c", k)``, ``("v", i)``, ``(op, a, b)`` for op in + - * // % min max."""
+    from tvm import tirx
+
+    if isinstance(expr, tirx.IntImm):
+        return ("c", int(expr.value))
+    if isinstance(expr, tirx.Var):
+        return ("v", index[expr]) if expr in index else None
+    if isinstance(expr, tirx.Cast):
+        return _compile(expr.value, index)
+    op = _OPS.get(type(expr).__name__)
+    if op is None:
+        return None
+    a, b = _compile(expr.a, index), _compile(expr.b, index)
+    return None if a is None or b is None else (op, a, b)
+
+
+_OPS = {"Add": "+", "Sub": "-", "Mul": "*", "FloorDiv": "//", "Div": "//", "FloorMod": "%", "Mod": "%",
+        "Min": "min", "Max": "max"}
+
+
+def _interval(node, env: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """Interval arithmetic: the range of ``node`` when variable ``i`` ranges over ``env[i]``."""
+    if node is None:
+        return None
+    tag = node[0]
+    if tag == "c":
+        return node[1], node[1]
+    if tag == "v":
+        return env[node[1]]
+    a, b = _interval(node[1], env), _interval(node[2], env)
+    if a is None or b is None:
+        return None
+    if tag == "+":
+        return a[0] + b[0], a[1] + b[1]
+    if tag == "-":
+        return a[0] - b[1], a[1] - b[0]
+    if tag == "*":
+        p = (a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1])
+        return min(p), max(p)
+    if tag in ("//", "%"):
+        if b[0] != b[1] or b[0] <= 0:
+            return None
+        c = b[0]
+        if tag == "//":
+            return a[0] // c, a[1] // c
+        return (a[0] % c, a[1] % c) if a[0] // c == a[1] // c else (0, c - 1)
+    if tag == "min":
+        return min(a[0], b[0]), min(a[1], b[1])
+    return max(a[0], b[0]), max(a[1], b[1])
+
+
+def _count_ops(body) -> dict[str, int]:
+    """Arithmetic per iteration of a block body: the values stored, not address arithmetic."""
+    import tvm
+    from tvm import tirx
+
+    ops = {"float": 0, "int": 0, "mul": 0, "shift": 0, "special": 0}
+
+    def expr(e):
+        name = type(e).__name__
+        if name in ("Add", "Sub", "Mul", "Div", "FloorDiv", "Max", "Min", "LShift", "RShift"):
+            ops["float" if "float" in str(e.ty) else "int"] += 1
+            ops["mul"] += name == "Mul"
+            ops["shift"] += name in ("LShift", "RShift")
+            expr(e.a)
+            expr(e.b)
+        elif isinstance(e, tvm.ir.Call):
+            op = str(e.op.name) if hasattr(e.op, "name") else ""
+            if "shift" in op:
+                ops["int"] += 1
+                ops["shift"] += 1
+            elif op.startswith("tirx.") and op not in ("tirx.if_then_else", "tirx.likely"):
+                ops["special"] += 1
+                ops["float" if "float" in str(e.ty) else "int"] += 1
+            for arg in e.args:
+                expr(arg)
+        elif isinstance(e, tirx.Cast):
+            expr(e.value)
+        elif isinstance(e, tirx.Select):
+            expr(e.true_value)
+            expr(e.false_value)
+
+    def stmt(st):
+        if isinstance(st, tirx.BufferStore):
+            expr(st.value)
+        elif isinstance(st, tirx.SeqStmt):
+            for x in st.seq:
+                stmt(x)
+        elif isinstance(st, tirx.IfThenElse):
+            stmt(st.then_case)
+        elif isinstance(st, tirx.For):
+            stmt(st.body)
+
+    stmt(body)
+    return ops
+
+
+# -- footprints: the bytes a block touches inside each of its loops ----------------------------
+def footprints(block: Block) -> list[float]:
+    """``fp[i]``: bytes the block touches in one execution of loop ``i`` (all its iterations,
+    outer loops fixed at their first value); ``fp[len(loops)]`` is one iteration's bytes."""
+    out = []
+    for level in range(len(block.loops) + 1):
+        env = [(lp.min, lp.min + (lp.extent - 1 if i >= level else 0)) for i, lp in enumerate(block.loops)]
+        out.append(_bytes(block, [_interval(b, env) for b in block.bindings]))
+    return out
+
+
+def _bytes(block: Block, benv: list) -> float:
+    touched: dict[str, float] = {}
+    for acc in block.accesses:
+        size = 1
+        for dim, (start, extent) in zip(acc.shape, acc.dims):
+            rng = _interval(start, benv)
+            size *= dim if rng is None else max(1, min(rng[1] - rng[0] + extent, dim))
+        touched[acc.buffer] = max(touched.get(acc.buffer, 0.0), size * acc.elem_bytes)
+    return sum(touched.values())
+
+
+def traffic_into(block: Block, fp: list[float], capacity: float) -> float:
+    """Bytes moved into a cache of ``capacity``: the outermost loop whose footprint fits is
+    reloaded once per iteration of the loops above it."""
+    trips = 1
+    for level, lp in enumerate(block.loops):
+        if fp[level] <= capacity:
+            return trips * fp[level]
+        trips *= lp.extent
+    return trips * fp[-1]
+
+
+# -- the CPU group ------------------------------------------------------------------------------
+# Scale-free where it matters: trees split on thresholds, and a threshold on absolute bytes or
+# cycles learned on one task means nothing on a task ten times larger. Costs are per operation,
+# traffic per I/O byte.
+CPU_NAMES = (
+    "log_work", "n_blocks", "log_scratch_per_io", "serial_work_frac", "vec_work_frac", "par_work_frac",
+    "l1_traffic_per_io", "l2_traffic_per_io", "l3_traffic_per_io",
+    "log_cycles_per_op", "log_compute_per_op", "log_memory_per_op",
+    "vec_lanes", "vec_fill", "vec_gather", "par_per_core", "par_balance", "log_unroll_step",
+    "log_acc_vectors", "acc_reg_pressure", "log_chain", "reduce_innermost", "log_inner_reduce",
+    "log_innermost_trip", "log_unrolled", "stride0_frac", "stride1_frac", "stride_far_frac", "depth", "l1_fit_depth",
+)
+FMA_LATENCY, FMA_PORTS = 4, 2
+L1_BW, L2_BW, L3_BW = 64.0, 32.0, 8.0  # bytes/cycle into L1 (from L2), L2 (from L3), L3 (DRAM)
+
+
+@dataclass
+class _Perf:
+    """One block under a simple out-of-order core model."""
+
+    lanes: float  # elements per instruction
+    cores: float  # cores kept busy
+    acc_vectors: float  # independent accumulator vectors in the innermost reduction
+    chain: float  # dependent updates in a row before an independent one
+    compute: float  # cycles
+    memory: float
+    traffic: tuple[float, float, float]
+
+
+def _perf(b: Block, info: TargetInfo) -> _Perf:
+    vl = b.loops[-1] if b.loops and b.loops[-1].kind == 2 else None
+    max_lanes = max(info.vector_bits // b.out_bits, 1)
+    lanes = min(vl.extent, max_lanes) if vl else 1.0
+    par = math.prod(lp.extent for lp in b.loops if lp.kind == 1)
+    cores = par / math.ceil(par / info.num_cores) if par > 1 else 1.0
+    red = _reduce_loop_positions(b)
+    if red:
+        inner = red[-1]
+        acc = math.prod(lp.extent for lp in b.loops[inner + 1:])
+        spatial = [i for i, lp in enumerate(b.loops) if i not in red and lp.extent > 1]
+        below = spatial[-1] + 1 if spatial else 0
+        chain = math.prod(b.loops[i].extent for i in red if i >= below)
+        cycles_per_op = FMA_LATENCY / min(max(acc / lanes, 1.0), FMA_LATENCY * FMA_PORTS)
+    else:
+        acc, chain, cycles_per_op = 1.0, 1.0, 1.0 / FMA_PORTS
+    ops = max(1, b.ops["float"] + b.ops["int"]) + 4 * b.ops["special"]
+    # + one cycle of loop overhead (increment, compare, branch) per trip of the innermost loop
+    # that is not unrolled: unrolled and vector loops do not pay it per element
+    compute = b.iterations / lanes * (ops * cycles_per_op + 1.0 / _unrolled(b)) / cores
+    fp = footprints(b)
+    traffic = tuple(traffic_into(b, fp, c) for c in info.cache_bytes)
+    memory = (traffic[0] / L1_BW + traffic[1] / L2_BW) / cores + traffic[2] / L3_BW
+    return _Perf(lanes, cores, acc / lanes, chain, compute, memory, traffic)
+
+
+def _unrolled(b: Block) -> int:
+    """Iterations of the innermost (non-vector) loops that ``pragma_auto_unroll_max_step``
+    or explicit unrolling turns into straight-line code."""
+    step = max((lp.unroll_max_step for lp in b.loops), default=0)
+    body = 1
+    for lp in reversed(b.loops):
+        if lp.kind == 2:
+            continue
+        if lp.kind != 3 and body * lp.extent > step:
+            break
+        body *= lp.extent
+    return body
+
+
+def cpu_features(prog: Program, info: TargetInfo) -> list[float]:
+    blocks = prog.blocks
+    if not blocks:
+        return [0.0] * len(CPU_NAMES)
+    perf = [_perf(b, info) for b in blocks]
+    total = sum(b.work for b in blocks)
+    io = max(prog.io_bytes, 1.0)
+    k = max(range(len(blocks)), key=lambda i: (blocks[i].work, blocks[i].is_reduction))
+    main, mp = blocks[k], perf[k]
+
+    def frac(pred):
+        return sum(b.work for b, p in zip(blocks, perf) if pred(b, p)) / total
+
+    vl = main.loops[-1] if main.loops and main.loops[-1].kind == 2 else None
+    max_lanes = max(info.vector_bits // main.out_bits, 1)
+    par = math.prod(lp.extent for lp in main.loops if lp.kind == 1)
+    red = _reduce_loop_positions(main)
+    real = [i for i, lp in enumerate(main.loops) if lp.extent > 1]
+    innermost = [i for i in real if main.loops[i].kind != 2]
+    strides = _innermost_strides(main, main.loops[real[-1]] if real else None)
+    fp = footprints(main)
+    depth = len(main.loops)
+    compute, memory = sum(p.compute for p in perf), sum(p.memory for p in perf)
+    cycles = sum(max(p.compute, p.memory) for p in perf)
+    return [
+        math.log2(total + 1), len(blocks), math.log2(prog.scratch_bytes / io + 1),
+        frac(lambda b, p: p.lanes == 1 and p.cores == 1), frac(lambda b, p: p.lanes > 1), frac(lambda b, p: p.cores > 1),
+        *(math.log2(sum(p.traffic[i] for p in perf) / io + 1) for i in range(3)),
+        math.log2(cycles / total), math.log2(compute / total), math.log2(memory / total + 1e-3),
+        mp.lanes / max_lanes, (vl.extent / (math.ceil(vl.extent / max_lanes) * max_lanes)) if vl else 0.0,
+        _vector_gathers(main, vl) if vl else 0.0,
+        math.log2(par / info.num_cores + 1), mp.cores / info.num_cores,
+        math.log2(max((lp.unroll_max_step for lp in main.loops), default=0) + 1),
+        math.log2(mp.acc_vectors), mp.acc_vectors / info.vector_regs, math.log2(mp.chain),
+        float(bool(real) and real[-1] in red), math.log2(main.loops[red[-1]].extent) if red else 0.0,
+        math.log2(main.loops[innermost[-1]].extent) if innermost else 0.0, math.log2(_unrolled(main)),
+        *strides, len(real), next((i for i in range(depth + 1) if fp[i] <= info.cache_bytes[0]), depth) / max(depth, 1),
+    ]
+
+
+def _innermost_strides(block: Block, loop: Loop | None) -> list[float]:
+    """Fractions of the block's accesses that the innermost loop leaves in place, walks
+    contiguously, or moves by a cache line or more per step."""
+    if loop is None or not block.accesses:
+        return [1.0, 0.0, 0.0]
+    moves = _moves(block, loop)
+    far = [m is None or m * a.elem_bytes >= 64 for m, a in zip(moves, block.accesses)]
+    n = len(moves)
+    return [sum(m == 0 for m in moves) / n, sum(m == 1 for m in moves) / n, sum(far) / n]
+
+
+def _dtype_bits(dtype) -> int:
+    import tvm
+
+    return tvm.DataType(str(dtype)).bits
+
+
+def _reduce_loop_positions(block: Block) -> list[int]:
+    """Indices of the loops that feed a reduction block variable."""
+    used: set[int] = set()
+
+    def walk(node):
+        if node is None or node[0] == "c":
+            return
+        if node[0] == "v":
+            used.add(node[1])
+        else:
+            walk(node[1])
+            walk(node[2])
+
+    for i in block.reduce_vars:
+        walk(block.bindings[i])
+    return sorted(used)
+
+
+def _moves(block: Block, loop: Loop) -> list[int | None]:
+    """How far each access's flattened address moves (in elements) when ``loop`` steps once,
+    at the first point of the other loops; None where the index is not understood."""
+    def addresses(step):
+        env = [(lp.min + step * (lp is loop),) * 2 for lp in block.loops]
+        benv = [_interval(b, env) for b in block.bindings]
+        out = []
+        for acc in block.accesses:
+            addr, stride = 0, 1
+            for dim, (start, _) in reversed(list(zip(acc.shape, acc.dims))):
+                rng = _interval(start, benv)
+                if rng is None:
+                    addr = None
+                    break
+                addr += rng[0] * stride
+                stride *= dim
+            out.append(addr)
+        return out
+
+    return [None if a is None or b is None else abs(b - a) for a, b in zip(addresses(0), addresses(1))]
+
+
+def _vector_gathers(block: Block, vl: Loop) -> float:
+    """Accesses whose address does not move by 0 or 1 element with the vector loop."""
+    return float(sum(m is None or m > 1 for m in _moves(block, vl)))
+
+
+# -- the sim group (generic; the sim target may register exact ones) ----------------------------
+SIM_NAMES = ("sim_log_tiles", "sim_log_dma_bytes", "sim_dma_per_mac", "sim_map_eff_rows", "sim_map_eff_cols",
+             "sim_map_eff", "sim_shift_frac", "sim_log_shift_ops", "sim_log_mul_ops")
+
+
+def sim_features(prog: Program, info: TargetInfo) -> list[float]:
+    blocks = prog.blocks
+    if not blocks:
+        return [0.0] * len(SIM_NAMES)
+    main = max(blocks, key=lambda b: (b.is_reduction, b.work))
+    fp = footprints(main)
+    depth = len(main.loops)
+    level = next((i for i in range(depth + 1) if fp[i] <= info.sim_scratchpad_bytes), depth)
+    tiles = math.prod(lp.extent for lp in main.loops[:level])
+    dma = tiles * fp[level]
+    # the array holds a tile's two innermost spatial output dims: rows x cols
+    spatial = [lp for i, lp in enumerate(main.loops[level:], level) if i not in _reduce_loop_positions(main)]
+    rows_t = spatial[-2].extent if len(spatial) >= 2 else 1
+    cols_t = spatial[-1].extent if spatial else 1
+    R, C = info.sim_array
+    eff_r = rows_t / (math.ceil(rows_t / R) * R)
+    eff_c = cols_t / (math.ceil(cols_t / C) * C)
+    shifts = sum(b.iterations * b.ops["shift"] for b in blocks)
+    muls = sum(b.iterations * b.ops["mul"] for b in blocks)
+    macs = max(main.iterations, 1)
+    return [math.log2(tiles), math.log2(dma + 1), dma / macs, eff_r, eff_c, eff_r * eff_c,
+            shifts / max(shifts + muls, 1), math.log2(shifts + 1), math.log2(muls + 1)]
+
+
+# -- registry -----------------------------------------------------------------------------------
+FeatureFn = Callable[[Program, TargetInfo], Sequence[float]]
+_GROUPS: dict[str, tuple[tuple[str, ...], FeatureFn]] = {
+    "cpu": (CPU_NAMES, cpu_features),
+    "sim": (SIM_NAMES, sim_features),
+}
+
+
+def register_target_features(kind: str, fn: FeatureFn, names: Sequence[str] | None = None) -> None:
+    """Use ``fn(program, target_info) -> floats`` (one per name) for target ``kind``'s group.
+
+    ``names`` defaults to the group's current names (same length, so saved models stay
+    valid); new names change the feature vector, and models saved before will not load.
+    """
+    from ...errors import UsageError
+
+    names = tuple(names) if names is not None else _GROUPS.get(kind, ((),))[0]
+    if not names:
+        raise UsageError(f"target features for '{kind}' need names (a new group)")
+    _GROUPS[kind] = (names, fn)
+
+
+def groups_for(kind: str) -> list[str]:
+    """Feature groups of a target kind: the host CPU's, plus the accelerator's own."""
+    kind = {"llvm": "cpu", "accelc/cpu": "cpu"}.get(kind, kind)
+    return ["cpu"] + ([kind] if kind != "cpu" and kind in _GROUPS else [])
+
+
+def feature_names(kind: str = "llvm") -> list[str]:
+    names = [f"psf{i}" for i in range(PER_STORE_LENGTH)]
+    for g in groups_for(kind):
+        names += list(_GROUPS[g][0])
+    return names
+
+
+def target_info(target=None, kind: str | None = None, **overrides) -> TargetInfo:
+    """``TargetInfo`` for an llvm ``target`` (cores, vector width) and this host's caches."""
+    info = TargetInfo(num_cores=1, cache_bytes=_host_caches())
+    if target is not None:
+        from tvm.target.codegen import target_has_features
+
+        info.num_cores = int(target.attrs.get("num-cores", 1)) if "num-cores" in target.attrs else 1
+
+        def has(feat):
+            try:
+                return bool(target_has_features([feat], target))
+            except Exception:  # noqa: BLE001 - LLVM does not know the name (another arch)
+                return False
+
+        if has("avx512f"):
+            info.vector_bits, info.vector_regs = 512, 32
+        elif has("avx") or has("avx2"):
+            info.vector_bits, info.vector_regs = 256, 16
+        elif has("neon") or has("sse2"):
+            info.vector_bits, info.vector_regs = 128, 16 if has("sse2") else 32
+    info.kind = kind or "cpu"
+    for key, value in overrides.items():
+        setattr(info, key, value)
+    return info
+
+
+@lru_cache(maxsize=1)
+def _host_caches() -> tuple[int, int, int]:
+    sizes = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for idx in base.glob("index*"):
+            level = int((idx / "level").read_text())
+            if (idx / "type").read_text().strip() in ("Data", "Unified"):
+                text = (idx / "size").read_text().strip()
+                mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
+                sizes[level] = int(text.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    default = TargetInfo().cache_bytes
+    return tuple(sizes.get(i + 1, default[i]) for i in range(3))
+
+
+def target_features(mod, info: TargetInfo) -> np.ndarray:
+    """The target-feature vector of one scheduled module."""
+    prog = parse(mod)
+    out = []
+    for g in groups_for(info.kind):
+        names, fn = _GROUPS[g]
+        vals = list(fn(prog, info))
+        if len(vals) != len(names):
+            raise ValueError(f"target features '{g}' returned {len(vals)} values for {len(names)} names")
+        out += vals
+    return np.asarray(out, dtype="float32")
+
+
+@derived_object
+class AccelcFeatures(PyFeatureExtractor):
+    """``PerStoreFeature`` rows with the target features appended to every row.
+
+    ``target_kind``: ``"llvm"`` (CPU features) or an accelerator group such as ``"sim"``
+    (CPU + accelerator features). The target's cores and vector width come from the tuning
+    context's target; ``info`` overrides them (tests, other machines).
+    """
+
+    def __init__(self, target_kind: str = "llvm", info: TargetInfo | None = None):
+        super().__init__()
+        self.target_kind = target_kind
+        self.info = info
+        self.per_store = PerStoreFeature()
+        self.names = feature_names(target_kind)
+
+    def _info(self, context) -> TargetInfo:
+        if self.info is not None:
+            return self.info
+        target = context.target if context is not None else None
+        return target_info(target, kind=groups_for(self.target_kind)[-1])
+
+    def extract_from(self, context, candidates):
+        import tvm
+
+        info = self._info(context)
+        rows = self.per_store.extract_from(context, candidates)
+        out = []
+        for cand, row in zip(candidates, rows):
+            base = row.numpy()
+            extra = target_features(cand.sch.mod, info)
+            out.append(tvm.runtime.tensor(np.hstack([base, np.broadcast_to(extra, (base.shape[0], extra.size))])
+                                          .astype("float32")))
+        return out
