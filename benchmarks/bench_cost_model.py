@@ -1,20 +1,24 @@
 """How well do cost models rank schedules of tasks they never saw? Ours vs TVM's vs random.
 
-    python -m accelc.benchmarks.bench_cost_model [--collect] [--trials 96] [--ablation] [--online]
+    python -m accelc.benchmarks.bench_cost_model [--ablation] [--online 32] [--collect | --remeasure]
 
 Records: ``benchmarks/data/costmodel/<task>/`` (MetaSchedule JSON databases, gzipped; see
-``accelc.schedules.tuning.dataset``); ``--collect`` measures them again (≈1-2 s per candidate
-here; resumable, cached in ``~/.cache/accelc/costmodel/db``).
+``accelc.schedules.tuning.dataset``): 16 zoo tasks x 96 candidates. ``--collect`` samples and
+times new ones (about 1 s per candidate on a quiet machine; resumable, cached in
+``~/.cache/accelc/costmodel``), ``--remeasure`` times the stored ones again; both run at raised
+scheduling priority and keep the fastest of 15 single runs.
 
 Leave-one-task-out: for each task, a model is trained on the records of all other tasks and
 ranks the held-out task's candidates. Metrics per held-out task (valid candidates only):
 pairwise rank accuracy (fraction of pairs with different latencies ordered correctly; also over
 pairs > 10 % apart, less exposed to timing noise), and TenSet's top-k score (best latency in
-the task / best latency among the model's k highest-ranked candidates), k = 1, 5.
+the task / best latency among the model's k highest-ranked candidates), k = 1, 5. Random is the
+mean over 200 draws.
 
-``--ablation`` adds objectives and feature sets; ``--online`` the tuning-time situation: the
-held-out task's first 32 records are known too (cold model, warm start pooled or continued,
-TVM's XGBModel fed the same records), ranked on the rest.
+``--ablation`` adds objectives, tree depth, aggregations and feature sets; ``--online K`` the
+tuning-time situation: K of the held-out task's records are known too (a model trained on them
+alone, warm starts from the others' model, pooled or continued, and TVM's XGBModel fed them all),
+ranked on the rest. Takes about 20 minutes with both (TVM's model dominates).
 """
 
 from __future__ import annotations
@@ -65,15 +69,16 @@ def metrics(latency, score) -> dict:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def load(data_dir: Path, only=None, limit=None):
-    """Records of every task, with ``x`` (aggregated ``AccelcFeatures``) cached per task."""
+def load(data_dir: Path, only=None):
+    """Records of every task, with ``x``: ``AccelcFeatures`` aggregated as "stats" (per-store
+    mean, max, min; store count; target features), cached per task. ``_as`` narrows it."""
     from accelc.schedules.tuning import dataset
     from accelc.schedules.tuning.cost_model import aggregate
     from accelc.schedules.tuning.features import AccelcFeatures, PER_STORE_LENGTH
 
     ext = AccelcFeatures("llvm")
     tag = hashlib.sha1(json.dumps(ext.names).encode()).hexdigest()[:8]
-    tasks = dataset.load_all(data_dir, only=only, limit=limit)
+    tasks = dataset.load_all(data_dir, only=only)
     n_target = len(ext.names) - PER_STORE_LENGTH
     for t in tasks:
         path = CACHE / "features" / f"{t.name}-{len(t.candidates)}-{_records_hash(t)}-{tag}.npz"
@@ -82,7 +87,7 @@ def load(data_dir: Path, only=None, limit=None):
                 t.x = d["x"]
             continue
         rows = ext.extract_from(t.context, t.candidates)
-        t.x = np.stack([aggregate(r.numpy(), n_target) for r in rows])
+        t.x = np.stack([aggregate(r.numpy(), n_target, "stats") for r in rows])
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, x=t.x)
     return tasks
@@ -93,6 +98,13 @@ def _records_hash(task) -> str:
 
 
 # -- models under test --------------------------------------------------------------------------
+def _as(x, how="mean"):
+    """"stats"-aggregated features as the model's aggregation wants them."""
+    from accelc.schedules.tuning.features import PER_STORE_LENGTH as P
+
+    return x if how == "stats" else np.hstack([x[:, :P], x[:, 3 * P:]])
+
+
 def ours(train, test, **kw):
     from tvm.s_tir.meta_schedule.utils import shash2hex
 
@@ -100,10 +112,15 @@ def ours(train, test, **kw):
 
     cols = kw.pop("cols", None)
     model = AccelcXGBModel(**kw)
+
+    def x(t):
+        v = _as(t.x, model.aggregate)
+        return v if cols is None else _pad(v, cols)
+
     for t in train:
-        model.add(shash2hex(t.context.mod), t.x if cols is None else _pad(t.x, cols), t.latency)
+        model.add(shash2hex(t.context.mod), x(t), t.latency)
     model.fit()
-    return model, model.score(test.x if cols is None else _pad(test.x, cols))
+    return model, model.score(x(test))
 
 
 def _pad(x, cols):  # keep only `cols`, zero the rest (same width, so the model is unchanged)
@@ -113,13 +130,18 @@ def _pad(x, cols):  # keep only `cols`, zero the rest (same width, so the model 
 
 
 def tvm_xgb(train, test, extractor="per-store-feature", seed=0):
+    """TVM's ``XGBModel`` fed the training records through ``update()``, then ``predict()``.
+
+    Its adaptive training would refit (up to 10 000 rounds, early-stopped) after most of the
+    per-task updates; only the last fit matters here, so it is held back and done once."""
     from tvm.s_tir import meta_schedule as ms
 
     model = ms.cost_model.XGBModel(extractor=extractor, num_warmup_samples=0,
                                    config=ms.cost_model.xgb_model.XGBConfig(seed=seed))
+    model.last_train_size = 1 << 40
     for t in train:
         model.update(t.context, t.candidates, t.runner_results())
-    model._train(*_all_data(model))  # the last update may have skipped retraining (adaptive)
+    model._train(*_all_data(model))
     return model, model.predict(test.context, test.candidates)
 
 
@@ -167,7 +189,7 @@ def online(tasks, known: int, log, seed=0) -> dict:
             base.save(str(Path(tmp) / "m.json"))
             variants = {
                 "ours-cold": lambda: ours([seen], rest)[1],
-                "ours-transfer": lambda: base.score(rest.x),
+                "ours-transfer": lambda: base.score(_as(rest.x)),
                 "ours-warm-pooled": lambda: _warm(Path(tmp) / "m.json", "pooled", seen, rest),
                 "ours-warm-continue": lambda: _warm(Path(tmp) / "m.json", "continue", seen, rest),
                 "tvm-xgb": lambda: tvm_xgb(train + [seen], rest)[1],
@@ -184,9 +206,9 @@ def _warm(path, mode, seen, rest):
     from accelc.schedules.tuning.cost_model import AccelcXGBModel
 
     model = AccelcXGBModel(warm_start=str(path), warm_mode=mode)
-    model.add(shash2hex(seen.context.mod), seen.x, seen.latency)
+    model.add(shash2hex(seen.context.mod), _as(seen.x), seen.latency)
     model.fit()
-    return model.score(rest.x)
+    return model.score(_as(rest.x))
 
 
 def summarize(table: dict) -> dict:
@@ -208,7 +230,7 @@ def print_table(title: str, table: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="task databases (default: the repo's)")
-    ap.add_argument("--collect", action="store_true", help="measure the records again (slow)")
+    ap.add_argument("--collect", action="store_true", help="sample and time new records (slow, ~30 min)")
     ap.add_argument("--remeasure", action="store_true", help="time the stored records again (slow)")
     ap.add_argument("--trials", type=int, default=96, help="candidates per task when collecting")
     ap.add_argument("--tasks", help="comma-separated task labels (default: all)")
@@ -236,15 +258,19 @@ def main(argv=None) -> int:
     print(f"{len(tasks)} tasks, {sum(len(t.candidates) for t in tasks)} records "
           f"({sum(int(t.valid.sum()) for t in tasks)} valid), features in {time.perf_counter() - t0:.0f} s")
 
-    from accelc.schedules.tuning.features import PER_STORE_LENGTH
+    from accelc.schedules.tuning.features import CPU_NAMES, PER_STORE_LENGTH
 
     models = {"ours": ours, "tvm-xgb": tvm_xgb, "random": random_model}
     if args.ablation:
-        psf_only = list(range(3 * PER_STORE_LENGTH + 1))
+        psf_only = list(range(PER_STORE_LENGTH + 1))
+        target_only = list(range(PER_STORE_LENGTH + 1, PER_STORE_LENGTH + 1 + len(CPU_NAMES)))
         models.update({
             "ours-ndcg": lambda tr, te: ours(tr, te, objective="rank:ndcg"),
             "ours-regression": lambda tr, te: ours(tr, te, objective="reg:squarederror"),
+            "ours-depth6": lambda tr, te: ours(tr, te, params={"max_depth": 6}),
+            "ours-mean/max/min": lambda tr, te: ours(tr, te, aggregate="stats"),
             "ours-psf-only": lambda tr, te: ours(tr, te, cols=psf_only),
+            "ours-target-only": lambda tr, te: ours(tr, te, cols=target_only),
             "tvm-xgb+our-features": lambda tr, te: tvm_xgb(tr, te, extractor=_accelc_features()),
         })
     result = {"tasks": {t.name: {"records": len(t.candidates), "valid": int(t.valid.sum()),
@@ -258,8 +284,10 @@ def main(argv=None) -> int:
         on = online(tasks, args.online, print)
         print_table(f"held-out tasks, {args.online} own records known", on)
         result["online"], result["online_mean"] = on, summarize(on)
+    from accelc.fileio import atomic_write
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n"))
     print(f"\nwrote {args.out}")
     return 0
 
@@ -280,4 +308,10 @@ def _accelc_features():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from accelc.errors import AccelcError
+
+    try:
+        sys.exit(main())
+    except AccelcError as err:
+        print(f"accelc: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)

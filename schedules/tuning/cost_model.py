@@ -3,12 +3,13 @@
 The search only needs the candidates of one task *ordered*, so the model learns an order, not
 a latency: ``rank:pairwise`` with one query group per task (workload), labels = normalized
 throughput (the task's best latency / the candidate's latency). Each candidate's per-store rows
-are aggregated into one vector (mean, max and min over stores, the store count, and the target
-features once). ``update()`` adds the measured results and retrains (online, during tuning);
-``save``/``load`` write one JSON file (XGBoost's native JSON model + our metadata + optionally
-the training set), and ``warm_start=PATH`` starts from a model trained on other tasks and
-models: either retraining on the pooled records (``warm_mode="pooled"``, default) or adding
-boosting rounds on top of the loaded trees (``"continue"``).
+are aggregated into one vector (their mean, the store count, and the target features once; mean,
+max and min together ranked no better on unseen tasks and train three times slower).
+``update()`` adds the measured results and retrains (online, during tuning); ``save``/``load``
+write one JSON file (XGBoost's native JSON model + our metadata + the training records), and
+``warm_start=PATH`` starts from a model trained on other tasks and models: either retraining on
+the pooled records (``warm_mode="pooled"``, default: it ranked best) or adding boosting rounds
+on top of the loaded trees (``"continue"``).
 
 ``make_cost_model(name, ...)`` gives the tuner one of ``xgb`` (this), ``tvm-xgb`` (TVM's stock
 ``XGBModel``) or ``random``.
@@ -34,23 +35,25 @@ FORMAT = "accelc.cost_model"
 FORMAT_VERSION = 1
 FAILED_SECS = 1e9  # MetaSchedule records 1e10 s for a candidate that failed to build or run
 
-#: Chosen by leave-one-task-out on the benchmark's records (benchmarks/bench_cost_model.py).
-DEFAULT_PARAMS = {"max_depth": 6, "eta": 0.1, "subsample": 0.8, "colsample_bytree": 0.8,
+#: Chosen by leave-one-task-out on the benchmark's records (benchmarks/bench_cost_model.py):
+#: depth-3 trees transfer to unseen tasks better than depth 6 (0.702 vs 0.686 pairwise).
+DEFAULT_PARAMS = {"max_depth": 3, "eta": 0.1, "subsample": 0.8, "colsample_bytree": 0.8,
                   "min_child_weight": 1.0, "lambdarank_pair_method": "mean",
                   "lambdarank_num_pair_per_sample": 8}
-DEFAULT_ROUNDS = 300
+DEFAULT_ROUNDS = 200
 
 
-def aggregate(rows: np.ndarray, n_target: int) -> np.ndarray:
-    """One candidate's vector from its per-store rows: per-store features' mean, max and min,
-    the store count, and the target features (identical on every row) once."""
+def aggregate(rows: np.ndarray, n_target: int, how: str = "mean") -> np.ndarray:
+    """One candidate's vector from its per-store rows: the per-store features' mean (``how=
+    "stats"``: mean, max and min), log2 of the store count, and the target features (identical
+    on every row) once."""
     rows = np.asarray(rows, dtype="float32")
-    width = rows.shape[1] - n_target if rows.ndim == 2 and rows.shape[0] else PER_STORE_LENGTH
+    parts = 1 if how == "mean" else 3
     if rows.ndim != 2 or rows.shape[0] == 0:
-        return np.zeros(3 * width + 1 + n_target, dtype="float32")
-    store = rows[:, :width]
-    return np.concatenate([store.mean(0), store.max(0), store.min(0), [np.log2(rows.shape[0] + 1)],
-                           rows[0, width:]]).astype("float32")
+        return np.zeros(parts * PER_STORE_LENGTH + 1 + n_target, dtype="float32")
+    store = rows[:, :PER_STORE_LENGTH]
+    stats = [store.mean(0)] if how == "mean" else [store.mean(0), store.max(0), store.min(0)]
+    return np.concatenate([*stats, [np.log2(rows.shape[0] + 1)], rows[0, PER_STORE_LENGTH:]]).astype("float32")
 
 
 def throughput_labels(latency: np.ndarray) -> np.ndarray:
@@ -80,19 +83,22 @@ class AccelcXGBModel(PyCostModel):
     """
 
     def __init__(self, target_kind: str = "llvm", *, objective: str = "rank:pairwise",
-                 warm_start: str | os.PathLike | None = None, warm_mode: str = "pooled",
+                 aggregate: str = "mean", warm_start: str | os.PathLike | None = None, warm_mode: str = "pooled",
                  seed: int = 0, rounds: int = DEFAULT_ROUNDS, params: dict | None = None,
-                 extractor=None, nthread: int | None = None):
+                 extractor=None, nthread: int = 1):
         super().__init__()
         if objective not in ("rank:pairwise", "rank:ndcg", "reg:squarederror"):
             raise UsageError(f"unknown cost-model objective '{objective}'; use rank:pairwise, "
                              "rank:ndcg or reg:squarederror")
+        if aggregate not in ("mean", "stats"):
+            raise UsageError(f"unknown feature aggregation '{aggregate}'; use mean or stats")
         if warm_mode not in ("pooled", "continue"):
             raise UsageError(f"unknown warm-start mode '{warm_mode}'; use pooled or continue")
         self.target_kind = target_kind
         self.extractor = extractor or AccelcFeatures(target_kind)
         self.n_target = len(self.extractor.names) - PER_STORE_LENGTH
-        self.objective, self.warm_mode, self.seed, self.rounds = objective, warm_mode, seed, rounds
+        self.objective, self.aggregate, self.warm_mode = objective, aggregate, warm_mode
+        self.seed, self.rounds = seed, rounds
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.nthread = nthread
         self.groups: dict[str, Group] = {}
@@ -101,7 +107,7 @@ class AccelcXGBModel(PyCostModel):
         self.base_groups: set[str] = set()
         self.rng = np.random.default_rng(seed)
         if warm_start is not None:
-            self.load(str(warm_start))
+            self.read(warm_start)
             self.base_booster = self.booster
             self.base_groups = set(self.groups)
 
@@ -112,12 +118,12 @@ class AccelcXGBModel(PyCostModel):
 
     def features(self, context, candidates) -> np.ndarray:
         rows = self.extractor.extract_from(context, candidates)
-        return np.stack([aggregate(r.numpy(), self.n_target) for r in rows]) if rows else \
+        return np.stack([aggregate(r.numpy(), self.n_target, self.aggregate) for r in rows]) if rows else \
             np.zeros((0, self.n_features), dtype="float32")
 
     @property
     def n_features(self) -> int:
-        return 3 * PER_STORE_LENGTH + 1 + self.n_target
+        return (1 if self.aggregate == "mean" else 3) * PER_STORE_LENGTH + 1 + self.n_target
 
     def add(self, key: str, x: np.ndarray, latency) -> None:
         """Record measured candidates (aggregated features ``x``, latencies in seconds)."""
@@ -139,11 +145,10 @@ class AccelcXGBModel(PyCostModel):
         y = np.concatenate([throughput_labels(self.groups[k].latency) for k in keys])
         qid = np.concatenate([np.full(len(self.groups[k].latency), i) for i, k in enumerate(keys)])
         params = {**self.params, "objective": self.objective, "seed": self.seed, "verbosity": 0}
-        if self.nthread:
-            params["nthread"] = self.nthread
+        params["nthread"] = self.nthread  # one: small data, and OpenMP spinning on a shared box hurts
         if self.objective == "rank:ndcg":
             params["ndcg_exp_gain"] = False  # float labels
-        if not self.objective.startswith("rank:"):
+        if self.objective != "rank:pairwise":  # (NDCG with "mean" pairs learns nothing in XGBoost 3.2)
             params = {k: v for k, v in params.items() if not k.startswith("lambdarank")}
         dtrain = xgb.DMatrix(x, label=y, qid=qid if self.objective.startswith("rank:") else None)
         if self.base_booster is not None and self.warm_mode == "continue":
@@ -183,12 +188,18 @@ class AccelcXGBModel(PyCostModel):
 
         doc = {"format": FORMAT, "version": FORMAT_VERSION, "feature_version": FEATURE_VERSION,
                "feature_names": list(self.extractor.names), "n_features": self.n_features,
-               "target_kind": self.target_kind, "objective": self.objective,
+               "target_kind": self.target_kind, "objective": self.objective, "aggregate": self.aggregate,
                "booster": json.loads(bytes(self.booster.save_raw("json"))) if self.booster else None,
                "groups": {k: _pack(g) for k, g in self.groups.items()} if include_data else {}}
         atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(doc)))
 
-    def load(self, path: str | os.PathLike) -> None:
+    def load(self, path: str) -> None:
+        """MetaSchedule's ``CostModel.load``; errors reach the caller as TVM errors with the same
+        message (use ``read`` for :class:`ArtifactError` itself)."""
+        self.read(path)
+
+    def read(self, path: str | os.PathLike) -> None:
+        """Load a model file written by ``save``: its trees, training records and settings."""
         import xgboost as xgb
 
         path = Path(path)
@@ -204,6 +215,8 @@ class AccelcXGBModel(PyCostModel):
             raise ArtifactError(f"{path}: cost model format {doc.get('version')} / features "
                                 f"{doc.get('feature_version')}; this accelc reads {FORMAT_VERSION} / "
                                 f"{FEATURE_VERSION}: retrain it")
+        if doc.get("aggregate", self.aggregate) != self.aggregate:
+            self.aggregate = doc["aggregate"]  # the saved model decides how rows are aggregated
         if doc.get("feature_names") != list(self.extractor.names) or doc.get("n_features") != self.n_features:
             raise ArtifactError(f"{path}: trained on {doc.get('n_features')} features of target "
                                 f"'{doc.get('target_kind')}', this model has {self.n_features} "

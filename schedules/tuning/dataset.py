@@ -3,15 +3,15 @@
 A cost model is only as good as what it learned from, and it is only judged honestly on tasks
 it never saw. This module collects real measurements for a fixed list of tuning tasks taken from
 the model zoo (candidates sampled by MetaSchedule's evolutionary search under a random cost
-model, built with ``local_builder()`` and timed by ``LocalRunner``), keeps them as stock
-MetaSchedule JSON databases (one per task, gzipped for the repository), and turns them back into
-``(TuneContext, MeasureCandidate, latency)`` triples that any ``CostModel`` can be fed.
+model, built with ``local_builder()`` and timed by ``LocalRunner``: fastest of 15 single runs),
+keeps them as stock MetaSchedule JSON databases (one per task, gzipped for the repository),
+times stored records again (``remeasure``), and turns them back into ``(TuneContext,
+MeasureCandidate, latency)`` triples that any ``CostModel`` can be fed.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 import tempfile
 import time
@@ -147,7 +147,7 @@ def collect_task(label: str, task, work_dir: Path, trials: int, seed: int = 0,
     return len(db.get_all_tuning_records())
 
 
-def collect_all(work_dir: Path, target, trials: int = 128, seed: int = 0, only: list[str] | None = None,
+def collect_all(work_dir: Path, target, trials: int = 96, seed: int = 0, only: list[str] | None = None,
                 log=print) -> dict:
     """``collect_task`` for every task of ``CPU_TASKS`` (or ``only``); a task whose database
     already holds ``trials`` records is kept, so an interrupted collection resumes."""
@@ -231,22 +231,23 @@ def task_names(data_dir: Path) -> list[str]:
 
 
 def open_database(task_dir: Path):
-    """The task's ``JSONDatabase``; gzipped files are unpacked into a temporary copy first."""
+    """The task's ``JSONDatabase`` (read into memory); gzipped files are unpacked to a
+    temporary copy first. Meant for reading: commits to an unpacked copy are lost."""
     from tvm.s_tir import meta_schedule as ms
 
     task_dir = Path(task_dir)
     if (task_dir / _DB_FILES[1]).is_file():
-        src = task_dir
-    else:
-        src = Path(tempfile.mkdtemp(prefix="accelc-db-"))
+        return ms.database.JSONDatabase(path_workload=str(task_dir / _DB_FILES[0]),
+                                        path_tuning_record=str(task_dir / _DB_FILES[1]), allow_missing=False)
+    with tempfile.TemporaryDirectory(prefix="accelc-db-") as tmp:
         for name in _DB_FILES:
-            with gzip.open(task_dir / f"{name}.gz", "rb") as fh, open(src / name, "wb") as out:
+            with gzip.open(task_dir / f"{name}.gz", "rb") as fh, open(Path(tmp) / name, "wb") as out:
                 shutil.copyfileobj(fh, out)
-    return ms.database.JSONDatabase(path_workload=str(src / _DB_FILES[0]),
-                                    path_tuning_record=str(src / _DB_FILES[1]), allow_missing=False)
+        return ms.database.JSONDatabase(path_workload=str(Path(tmp) / _DB_FILES[0]),
+                                        path_tuning_record=str(Path(tmp) / _DB_FILES[1]), allow_missing=False)
 
 
-def load_task(task_dir: Path, limit: int | None = None) -> TaskRecords:
+def load_task(task_dir: Path) -> TaskRecords:
     """Replay every record's trace on its workload: the candidates a cost model scores."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -255,7 +256,7 @@ def load_task(task_dir: Path, limit: int | None = None) -> TaskRecords:
 
     load_intrinsics("llvm")
     db = open_database(task_dir)
-    records = list(db.get_all_tuning_records())[:limit]
+    records = list(db.get_all_tuning_records())
     if not records:
         raise UsageError(f"{task_dir}: no tuning records")
     workload = records[0].workload
@@ -272,21 +273,11 @@ def load_task(task_dir: Path, limit: int | None = None) -> TaskRecords:
     return TaskRecords(Path(task_dir).name, ctx, cands, np.array(lat), secs)
 
 
-def load_all(data_dir: Path, only: list[str] | None = None, limit: int | None = None) -> list[TaskRecords]:
+def load_all(data_dir: Path, only: list[str] | None = None) -> list[TaskRecords]:
     names = task_names(data_dir)
     if only:
         missing = sorted(set(only) - set(names))
         if missing:
             raise UsageError(f"{data_dir}: no records for task(s) {', '.join(missing)}")
         names = [n for n in names if n in only]
-    return [load_task(Path(data_dir) / n, limit) for n in names]
-
-
-def write_manifest(out_dir: Path, info: dict) -> None:
-    Path(out_dir, "manifest.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-
-
-def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
+    return [load_task(Path(data_dir) / n) for n in names]

@@ -97,7 +97,7 @@ class TargetInfo:
     kind: str = "cpu"
     sim_array: tuple[int, int] = (32, 32)  # the sim target's default PE array, rows x cols
     sim_scratchpad_bytes: int = 3 * (256 << 10)  # its ifmap + filter + ofmap scratchpads
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # for plugged-in feature functions (a machine config)
 
 
 def parse(mod) -> Program:
@@ -389,7 +389,8 @@ def cpu_features(prog: Program, info: TargetInfo) -> list[float]:
     cycles = sum(max(p.compute, p.memory) for p in perf)
     return [
         math.log2(total + 1), len(blocks), math.log2(prog.scratch_bytes / io + 1),
-        frac(lambda b, p: p.lanes == 1 and p.cores == 1), frac(lambda b, p: p.lanes > 1), frac(lambda b, p: p.cores > 1),
+        frac(lambda b, p: p.lanes == 1 and p.cores == 1), frac(lambda b, p: p.lanes > 1),
+        frac(lambda b, p: p.cores > 1),
         *(math.log2(sum(p.traffic[i] for p in perf) / io + 1) for i in range(3)),
         math.log2(cycles / total), math.log2(compute / total), math.log2(memory / total + 1e-3),
         mp.lanes / max_lanes, (vl.extent / (math.ceil(vl.extent / max_lanes) * max_lanes)) if vl else 0.0,
