@@ -41,16 +41,13 @@ def _sim() -> TargetSpec:
     from .sim import offload
 
     def make(sim_config=None, **cpu_options):
+        from ..schedules.tuning.database import register_trace_hook
         from .sim.config import load_config
-
-        from .sim.tensorize import register_intrinsics
+        from .sim.tensorize import ensure_intrinsics, register_intrinsics
 
         offload.set_config(load_config(sim_config) if sim_config else offload.default_config())
         register_intrinsics(offload.current_config())  # before a database of sim records opens
-        from ..schedules.tuning.database import register_trace_hook
-        from ..schedules.tuning.driver import sim_trace_intrinsics
-
-        register_trace_hook(sim_trace_intrinsics)  # and the per-shape ones its records' traces name
+        register_trace_hook(ensure_intrinsics)  # and the per-shape ones its records' traces name
         offload.register_runtime()
         return cpu.host_target(**cpu_options)
 

@@ -70,8 +70,9 @@ def tuning_target(target: str, tvm_target):
     if target != "sim":
         return tvm_target
     from ...targets.sim import offload
+    from ...targets.sim.tensorize import ensure_intrinsics
 
-    register_trace_hook(sim_trace_intrinsics)
+    register_trace_hook(ensure_intrinsics)
     return _sim_tuning().sim_target(offload.current_config())
 
 
@@ -109,19 +110,6 @@ def components(target: str, tvm_target, rpc: str | None = None, fast_math: bool 
     comps = {"cost_kind": "sim", **_sim_tuning().tuning_components(cfg)}
     comps.setdefault("tasks", lambda mod: sim_tasks(mod, cfg, comps.get("task_filter")))
     return comps
-
-
-def sim_trace_intrinsics(trace_json) -> None:
-    """Register the accel intrinsics a stored trace tensorizes onto: TVM replays every trace to
-    load a database, and small layers tensorize onto per-shape intrinsics no config predicts.
-    A ``database.register_trace_hook`` (the sim target registers it)."""
-    from ...targets.sim.tensorize import _INTRIN_RE, register_intrinsic
-
-    for inst in trace_json[0] if trace_json else ():
-        for attr in inst[2] if len(inst) > 2 else ():
-            m = _INTRIN_RE.match(attr.strip('"')) if isinstance(attr, str) else None
-            if m:
-                register_intrinsic(m.group(1), *map(int, m.groups()[1:]))
 
 
 def _runner(rpc: str | None):

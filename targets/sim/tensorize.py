@@ -179,13 +179,18 @@ def register_intrinsics(cfg: MachineConfig) -> list[str]:
 
 
 def ensure_intrinsics(trace) -> None:
-    """Register every accel intrinsic a trace tensorizes onto (before replaying it, e.g. from a
-    tuning database in a fresh process)."""
-    for inst in trace.insts:
-        for attr in inst.attrs:
-            m = _INTRIN_RE.match(attr) if isinstance(attr, str) else None
-            if m:
-                register_intrinsic(m.group(1), *map(int, m.groups()[1:]))
+    """Register every accel intrinsic a trace tensorizes onto, before it is replayed: small
+    layers tensorize onto per-shape intrinsics no config predicts, and TVM replays every trace
+    to load a tuning database. ``trace``: a ``Trace``, or its JSON form as a database stores it
+    (so this is also the sim target's ``database.register_trace_hook``)."""
+    if hasattr(trace, "insts"):
+        attrs = [a for inst in trace.insts for a in inst.attrs]
+    else:
+        attrs = [a for inst in (trace[0] if trace else ()) for a in (inst[2] if len(inst) > 2 else ())]
+    for attr in attrs:
+        m = _INTRIN_RE.match(attr.strip('"')) if isinstance(attr, str) else None
+        if m:
+            register_intrinsic(m.group(1), *map(int, m.groups()[1:]))
 
 
 # ----------------------------------------------------------------------------------------------
