@@ -92,10 +92,15 @@ def export(executable, meta: ArtifactMeta, path) -> Path:
     The sidecar is serialised before anything touches the disk, and written only after the
     library is in place, so a failure never leaves a library without its metadata.
     """
+    from .. import targets
+
     lib, side = check_writable(path)
     text = json.dumps(meta.to_json(), indent=2) + "\n"
+    spec = targets.get(meta.target_name)
+    write = ((lambda tmp: spec.export(executable, tmp, meta.target)) if spec.export
+             else (lambda tmp: executable.export_library(tmp)))
     with native_stderr_silenced():
-        atomic_write(lib, lambda tmp: executable.export_library(tmp), executable=True)
+        atomic_write(lib, write, executable=True)
     try:
         atomic_write(side, lambda tmp: Path(tmp).write_text(text))
     except BaseException:

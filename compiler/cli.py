@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..errors import AccelcError, InputError, UsageError
 
-EPILOG_TARGETS = "targets: cpu (this host's CPU through LLVM; AVX2/AVX-512 detected)"
+EPILOG_TARGETS = ("targets: cpu (this host's CPU through LLVM; AVX2/AVX-512 detected), cuda (an NVIDIA GPU; "
+                  "--arch sm_XY cross-compiles without one), sim (the simulated PE-array accelerator)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +52,8 @@ def _add_compile_args(p):
                    help="with -t sim: the accelerator's machine config (TOML or JSON; defaults: "
                         "32x32 PEs, output-stationary, 256 KiB scratchpads, 32 B/cycle DRAM)")
     p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this host, e.g. znver3, skylake-avx512)")
+    p.add_argument("--arch", help="with -t cuda: the GPU architecture, e.g. sm_80, sm_90 (default: the local GPU's; "
+                                  "required without a GPU)")
     p.add_argument("--num-cores", type=int, help="cores the schedules may use (default: this process's CPUs)")
 
 
@@ -168,6 +171,10 @@ def _target_options(args) -> dict:
         opts["sim_config"] = args.sim_config
     if getattr(args, "emit_mlir", None) and args.target != "sim":
         raise UsageError("--emit-mlir applies to -t sim only (it writes the accelerator's programs)")
+    if getattr(args, "arch", None):
+        if args.target not in ("cuda", "gpu", "accelc/cuda", "nvidia"):
+            raise UsageError("--arch applies to -t cuda only")
+        opts["arch"] = args.arch
     if getattr(args, "mcpu", None):
         opts["mcpu"] = args.mcpu
     if getattr(args, "num_cores", None):

@@ -59,14 +59,39 @@ class CompiledModel:
     """A compiled model on its device. ``run`` mirrors ``onnxruntime.InferenceSession.run``."""
 
     def __init__(self, module, meta: ArtifactMeta, device=None, executable=None):
+        from .. import targets
+
+        self.meta = meta
+        self._module = module
+        self._device = device
+        self._executable = executable  # kept for export() when compiled in-process
+        self._vm_instance = None
+        if executable is None or targets.get(meta.target_name).runnable_here(meta):
+            self._vm_instance = self._make_vm()  # else (cross-compiled): made on first run
+
+    def _make_vm(self):
         from tvm import relax
 
         from .. import targets
 
-        self.meta = meta
-        self.device = device or targets.get(meta.target_name).device()
-        self._executable = executable  # kept for export() when compiled in-process
-        self._vm = relax.VirtualMachine(module, self.device)
+        targets.get(self.meta.target_name).check_runnable(self.meta.target, self.meta.isa_features)
+        return relax.VirtualMachine(self._module, self.device)
+
+    @property
+    def device(self):
+        if self._device is None:
+            from .. import targets
+
+            self._device = targets.get(self.meta.target_name).device()
+        return self._device
+
+    @property
+    def _vm(self):
+        """The VM, made when first needed: a model cross-compiled for a GPU this machine lacks
+        can still be exported; running it says why it cannot run here."""
+        if self._vm_instance is None:
+            self._vm_instance = self._make_vm()
+        return self._vm_instance
 
     # -- contract --------------------------------------------------------------------------
     @property
@@ -90,6 +115,7 @@ class CompiledModel:
     def _args(self, feeds: Mapping[str, np.ndarray]):
         import tvm
 
+        self._vm  # noqa: B018 - a model that cannot run here says so before any device copy
         if not isinstance(feeds, Mapping):
             raise InputError("feeds must be a mapping from input name to array")
         names = [s.name for s in self.meta.inputs]

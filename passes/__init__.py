@@ -227,4 +227,4 @@ def _load_builtin() -> None:
         import_module(f"{__name__}.{module}")
 
 
-_BUILTIN: tuple[str, ...] = ("shift_add", "int8", "linearize", "polarize")
+_BUILTIN: tuple[str, ...] = ("shift_add", "int8", "linearize", "polarize", "mixed_precision")

@@ -21,6 +21,16 @@ class TargetSpec:
     pipeline: Callable  # (target, database, fast_math) -> tvm.transform.Pass
     device: Callable  # () -> tvm.runtime.Device
     check_runnable: Callable  # (artifact target dict) -> None, raising ArtifactError if not here
+    #: (executable, path, artifact target dict) -> None; None: ``executable.export_library(path)``
+    export: Callable | None = None
+
+    def runnable_here(self, meta) -> bool:
+        """Whether an artifact with ``meta`` (an ArtifactMeta) can run on this machine."""
+        try:
+            self.check_runnable(meta.target, meta.isa_features)
+            return True
+        except Exception:  # noqa: BLE001 - ArtifactError: not runnable here
+            return False
 
 
 def _cpu() -> TargetSpec:
@@ -73,8 +83,27 @@ def _sim() -> TargetSpec:
     )
 
 
-_FACTORIES: dict[str, Callable[[], TargetSpec]] = {"cpu": _cpu, "sim": _sim}
-_ALIASES = {"llvm": "cpu", "accelc/cpu": "cpu", "x86": "cpu"}
+def _cuda() -> TargetSpec:
+    from . import cuda
+
+    def make(arch=None, **_cpu_options):
+        return cuda.target(arch)
+
+    return TargetSpec(
+        name="cuda",
+        description="an NVIDIA GPU through CUDA (arch detected, or --arch sm_XY to cross-compile); "
+                    "kernels shipped as an nvcc fatbin",
+        make=make,
+        pipeline=cuda.pipeline,
+        device=cuda.device,
+        check_runnable=cuda.check_runnable,
+        export=cuda.export,
+    )
+
+
+_FACTORIES: dict[str, Callable[[], TargetSpec]] = {"cpu": _cpu, "cuda": _cuda, "sim": _sim}
+_ALIASES = {"llvm": "cpu", "accelc/cpu": "cpu", "x86": "cpu", "accelc/cuda": "cuda", "gpu": "cuda",
+            "nvidia": "cuda"}
 
 
 def names() -> list[str]:

@@ -1,0 +1,57 @@
+"""Default (untuned) CUDA schedule rules, dlight style, and the GPU versions of accelc's kernels.
+
+accelc's named kernels (``schedules/kernel_attrs.py``) are written for CPUs: hand-placed
+vector loops, parallel task loops, opaque blocks that no generic GPU rule can bind to threads.
+``gpu_kernels`` swaps each for its GPU-shaped twin (same attributes, same numerics) before the
+rules run; a kernel without a twin is left to the generic rules.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import dlight as dl
+
+from ..cpu import Guarded
+from ..kernel_attrs import kernel_name
+
+#: kernel name → builder(func) -> PrimFunc already scheduled for CUDA (or None to decline)
+GPU_KERNELS: dict = {}
+
+
+def register(name: str):
+    def deco(fn):
+        GPU_KERNELS[name] = fn
+        return fn
+
+    return deco
+
+
+@tvm.transform.module_pass(opt_level=0, name="accelc.cuda.GpuKernels")
+def gpu_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Replace each accelc named kernel with its GPU twin (attributes kept)."""
+    out = None
+    for gv, func in mod.functions_items():
+        name = kernel_name(func) if isinstance(func, tvm.tirx.PrimFunc) else None
+        build = GPU_KERNELS.get(name) if name else None
+        if build is None:
+            continue
+        new = build(func)
+        if new is None:
+            continue
+        for key, value in func.attrs.items():
+            if key not in new.attrs:
+                new = new.with_attr(key, value)
+        if out is None:
+            out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+        out[gv] = new
+    return mod if out is None else out
+
+
+def default_rules() -> list[dl.ScheduleRule]:
+    """dlight's GPU rules (Matmul tensorizes fp16/int8 GEMMs onto tensor cores on sm_70+)."""
+    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(),
+             dl.gpu.GeneralReduction(), dl.gpu.Transpose(), dl.gpu.Fallback())
+    return [Guarded(r) for r in rules]
+
+
+__all__ = ["GPU_KERNELS", "default_rules", "gpu_kernels", "register"]
