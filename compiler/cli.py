@@ -450,8 +450,8 @@ def _add_tune_parser(sub) -> None:
                                    "again. Writes DIR/curve.json and DIR/curve.png; apply the database with "
                                    "`accelc compile MODEL --db DIR`.")
     t.add_argument("model", help="model file (.onnx, or .py with TVMScript) or zoo model name")
-    t.add_argument("-t", "--target", default="cpu", help="cpu (default; this host through LLVM) or sim (the "
-                   "simulated accelerator's kernels)")
+    t.add_argument("-t", "--target", default="cpu", help="cpu (default; this host through LLVM), cuda (this "
+                   "machine's GPU, or a GPU RPC server with --rpc) or sim (the simulated accelerator's kernels)")
     t.add_argument("--trials", type=int, default=64,
                    help="measured schedules in total for the model's tasks, those already in --db included "
                         "(default 64; each task's default schedule is measured once on top)")
@@ -476,6 +476,8 @@ def _add_tune_parser(sub) -> None:
     t.add_argument("--no-fast-math", action="store_true", help="as for compile (use the same setting there)")
     t.add_argument("--sim-config", metavar="CFG.toml", help="with -t sim: the accelerator's machine config")
     t.add_argument("--mcpu", help="LLVM CPU to tune for (default: this host)")
+    t.add_argument("--arch", help="with -t cuda: the GPU architecture (default: the local GPU's; with --rpc, "
+                                  "the remote GPU's, e.g. sm_90)")
     t.add_argument("--num-cores", type=int, help="cores the schedules may use (default: this process's CPUs)")
 
 

@@ -147,3 +147,40 @@ def test_mlp_runs_on_the_gpu_and_matches_numpy(tmp_path):
     lib = cm.export(tmp_path / "mlp.so")
     again = accelc.load(lib)
     np.testing.assert_allclose(again.run({"x": x})["p"], _mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-6)
+
+
+# -- tuning -t cuda ------------------------------------------------------------------------------
+def test_tune_cuda_without_gpu_or_rpc_is_one_clear_error(monkeypatch, tmp_path):
+    from accelc.schedules.tuning import driver
+
+    monkeypatch.setattr(cuda, "local_arch", lambda: None)
+    model, _ = _mlp_onnx()
+    with pytest.raises(TargetError, match="give --rpc"):
+        driver.tune(model, "cuda", 4, tmp_path / "db", target_options={"arch": "sm_90"}, progress=False)
+
+
+@needs_nvcc
+def test_cuda_tuning_builder_exports_candidates_with_a_fatbin():
+    """The build half of tuning on CUDA runs anywhere: tasks of the model through the CUDA front
+    passes, their default (dlight) schedules, built by the tuning LocalBuilder into shared
+    libraries that carry a fatbin; and the CUDA cost-model features see the launch shape."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.compiler.frontend import import_model
+    from accelc.schedules.tuning import features, local_builder
+    from accelc.schedules.tuning.driver import _cuda_default_schedule, _gpu_kernels, _not_a_named_kernel, relax_tasks
+
+    t = cuda.target("sm_90")
+    model, _ = _mlp_onnx()
+    tasks = relax_tasks(import_model(model).mod, t, cuda.front_passes(t) + [_gpu_kernels()], _not_a_named_kernel)
+    assert any("matmul" in task.name for task in tasks)
+    task = next(task for task in tasks if "matmul" in task.name)
+    sch = _cuda_default_schedule(task.mod, t)
+    assert sch is not None
+    f = features.cuda_features(features.parse(sch.mod), features.target_info(t, kind="cuda"))
+    named = dict(zip(features.CUDA_NAMES, f))
+    assert named["gpu_log_threads"] >= 5 and named["gpu_warp_multiple"] == 1.0
+    (res,) = local_builder(cuda_arch="sm_90").build([ms.builder.BuilderInput(sch.mod, t)])
+    assert res.error_msg is None, res.error_msg
+    assert res.artifact_path.endswith(".so")
+    assert np.uint32(fatbin.FATBIN_MAGIC).tobytes() in open(res.artifact_path, "rb").read()

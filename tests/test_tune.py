@@ -283,8 +283,15 @@ def test_usage_and_target_errors(tuned, tmp_path, capsys):
     assert done.value.code == 0
     usage = capsys.readouterr().out
     assert all(opt in usage for opt in ("--trials", "--db", "--cost-model", "--rpc", "--tasks"))
-    rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "cuda", "--db", tmp_path / "x")
-    assert_one_line_error(rc, err, "unknown target 'cuda'")
+    rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "tpu", "--db", tmp_path / "x")
+    assert_one_line_error(rc, err, "unknown target 'tpu'")
+    from accelc.targets import cuda
+
+    if cuda.local_arch() is None:  # CUDA tuning measures on a GPU: here only through --rpc
+        rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "cuda", "--db", tmp_path / "x")
+        assert_one_line_error(rc, err, "no CUDA device found: pass --arch")
+        rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "cuda", "--arch", "sm_90", "--db", tmp_path / "x")
+        assert_one_line_error(rc, err, "give --rpc TRACKER:PORT:KEY")
     rc, _, err = run_main(capsys, "tune", tuned.model, "--db", tmp_path / "no" / "db")
     assert_one_line_error(rc, err, "does not exist")
     rc, _, err = run_main(capsys, "tune", tuned.model, "--rpc", "localhost:x", "--db", tmp_path / "x")

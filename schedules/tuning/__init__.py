@@ -36,8 +36,8 @@ def load_intrinsics(kind: str = "llvm") -> None:
         importlib.import_module(f"{_PKG}.{sub}")
 
 
-def _builder_init() -> None:
-    """Runs in each LocalBuilder worker: light intrinsics and our build function."""
+def _builder_init(cuda_arch: str | None = None) -> None:
+    """Runs in each LocalBuilder worker: light intrinsics and our build (and export) function."""
     import tvm_ffi
 
     load_intrinsics("llvm")
@@ -51,12 +51,33 @@ def _builder_init() -> None:
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
         return tvm.tirx.build(mod, target=target)
 
+    if cuda_arch is not None:
+        @tvm_ffi.register_global_func("accelc.tuning.export", override=True)
+        def export(mod) -> str:
+            """A shared library with the kernels as an nvcc fatbin: the measuring side (a local
+            GPU or an RPC server) loads it with no compiler or linker of its own."""
+            import os
+            import tempfile
 
-def local_builder(**kwargs):
-    """``LocalBuilder`` whose workers skip the 37 s all-architecture intrinsic import."""
+            from ...targets.cuda.fatbin import export_library
+
+            path = os.path.join(tempfile.mkdtemp(), "tvm_tmp_mod.so")
+            export_library(mod, path, cuda_arch)
+            return path
+
+
+def local_builder(cuda_arch: str | None = None, **kwargs):
+    """``LocalBuilder`` whose workers skip the 37 s all-architecture intrinsic import; for CUDA
+    (``cuda_arch``) candidates are exported as shared libraries carrying a fatbin."""
+    import functools
+
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(f_build="accelc.tuning.build", initializer=_builder_init, **kwargs)
+    if cuda_arch is not None:
+        kwargs.setdefault("f_export", "accelc.tuning.export")
+        kwargs.setdefault("timeout_sec", 120.0)  # nvcc per candidate
+    return ms.builder.LocalBuilder(f_build="accelc.tuning.build", initializer=functools.partial(_builder_init, cuda_arch),
+                                   **kwargs)
 
 
 def _tolerate_unnamed_log_handlers() -> None:

@@ -100,6 +100,15 @@ def components(target: str, tvm_target, rpc: str | None = None, fast_math: bool 
                 "tasks": lambda mod: relax_tasks(mod, tvm_target, _cpu_front_passes(tvm_target, fast_math),
                                                  _not_a_named_kernel),
                 "default_schedule": _cpu_default_schedule, "cost_kind": "llvm"}
+    if target == "cuda":
+        from ...targets import cuda
+
+        runner = _cuda_runner(rpc)
+        front = cuda.front_passes(tvm_target) + [_gpu_kernels()]
+        return {"target": tvm_target, "space": "post-order-apply", "runner": runner,
+                "builder": local_builder(cuda_arch=cuda.arch_of(tvm_target)),
+                "tasks": lambda mod: relax_tasks(mod, tvm_target, front, _not_a_named_kernel),
+                "default_schedule": _cuda_default_schedule, "cost_kind": "cuda"}
     if target != "sim":
         raise TargetError(f"no tuning components for target '{target}'")
     if rpc:
@@ -127,6 +136,33 @@ def _runner(rpc: str | None):
                           f"{host}:{port} (is the tracker up? `python -m tvm.exec.query_rpc_tracker "
                           f"--host {host} --port {port}`)") from None
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator)
+
+
+def _cuda_runner(rpc: str | None):
+    """Measure on this machine's GPU, or on a GPU RPC server (``--rpc``)."""
+    from ...targets import cuda
+
+    if not rpc and cuda.local_arch() is None:
+        raise TargetError("tuning -t cuda measures on a GPU and this machine has none: run it on the GPU "
+                          "machine, or give --rpc TRACKER:PORT:KEY of a GPU RPC server")
+    return _runner(rpc)
+
+
+def _gpu_kernels():
+    from ..cuda import gpu_kernels
+
+    return gpu_kernels
+
+
+def _cuda_default_schedule(mod, tvm_target):
+    """dlight's (and accelc's) GPU schedule of the task, what ``compile -t cuda`` gives it."""
+    from tvm.s_tir.dlight.base.transform import _apply_rules
+
+    from ..cuda import default_rules
+
+    with tvm_target:
+        schs = _apply_rules(mod["main"], tvm_target, default_rules(), tunable=False)
+    return schs[0] if schs else None
 
 
 def parse_rpc(spec: str) -> tuple[str, int, str]:
@@ -397,7 +433,7 @@ def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost
         if db_dir.exists() or not db_dir.parent.is_dir():
             tdb = open_database(db_dir, tvm_target, create=True)
         comps = components(spec.name, tvm_target, rpc, fast_math)
-        if comps["cost_kind"] == "llvm":
+        if comps["cost_kind"] in ("llvm", "cuda"):
             load_intrinsics(tvm_target.kind.name)
         mod, name = _model_after_passes(model, input_shapes, passes, calibration)
         tasks = [t for t in comps["tasks"](mod) if not only or any(s in t.name for s in only)]

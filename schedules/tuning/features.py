@@ -38,6 +38,7 @@ class Loop:
     extent: int
     kind: int  # tvm.tirx.ForKind
     unroll_max_step: int = 0  # pragma_auto_unroll_max_step on this loop, if any
+    thread: str = ""  # GPU: the thread tag a THREAD_BINDING loop binds (blockIdx.x, threadIdx.y…)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Program:
     blocks: list[Block]
     io_bytes: float
     scratch_bytes: float  # buffers the schedule allocates (cache stages, rfactor), not weights
+    scope_bytes: dict = field(default_factory=dict)  # scratch bytes per storage scope (shared, local, wmma.*)
 
 
 @dataclass
@@ -113,7 +115,9 @@ def parse(mod) -> Program:
         if isinstance(stmt, tirx.For):
             ann = stmt.annotations or {}
             step = int(ann["pragma_auto_unroll_max_step"]) if "pragma_auto_unroll_max_step" in ann else 0
-            visit(stmt.body, loops + [Loop(stmt.loop_var, _int(stmt.min), _int(stmt.extent), int(stmt.kind), step)])
+            tag = str(stmt.thread_binding.thread_tag) if stmt.thread_binding is not None else ""
+            visit(stmt.body, loops + [Loop(stmt.loop_var, _int(stmt.min), _int(stmt.extent), int(stmt.kind), step,
+                                           tag)])
         elif isinstance(stmt, tirx.SeqStmt):
             for s in stmt.seq:
                 visit(s, loops)
@@ -137,7 +141,12 @@ def parse(mod) -> Program:
     visit(func.body, [])
     io = sum(_buffer_bytes(p) for p in func.params if getattr(p, "shape", None) is not None)
     scratch = sum(_buffer_bytes(b) for b in allocs if b.name not in packed)
-    return Program(blocks, float(io), float(scratch))
+    scopes: dict[str, float] = {}
+    for b in allocs:
+        if b.name not in packed:
+            scope = b.scope()
+            scopes[scope] = scopes.get(scope, 0.0) + _buffer_bytes(b)
+    return Program(blocks, float(io), float(scratch), scopes)
 
 
 def _buffer_bytes(buf) -> int:
@@ -497,9 +506,39 @@ def sim_features(prog: Program, info: TargetInfo) -> list[float]:
 
 # -- registry -----------------------------------------------------------------------------------
 FeatureFn = Callable[[Program, TargetInfo], Sequence[float]]
+CUDA_NAMES = ("gpu_log_threads", "gpu_warp_multiple", "gpu_log_blocks", "gpu_waves", "gpu_wave_fill",
+              "gpu_log_work_per_thread", "gpu_log_shared", "gpu_shared_frac", "gpu_log_local",
+              "gpu_tensor_core", "gpu_vec_lanes", "gpu_log_unroll", "gpu_log_io_per_work")
+_SMS = 132  # streaming multiprocessors of the GPUs we tune for (H100 SXM); a scale, not a limit
+
+
+def cuda_features(prog: Program, info: TargetInfo) -> list[float]:
+    """Launch shape and on-chip memory of a GPU schedule: threads per block (and whether a
+    whole number of warps), blocks and waves over the SMs, work per thread, shared and local
+    (register) bytes, tensor-core fragments, vector width, unrolling."""
+    blocks = prog.blocks
+    if not blocks:
+        return [0.0] * len(CUDA_NAMES)
+    main = max(blocks, key=lambda b: (b.is_reduction, b.work))
+    threads = math.prod(lp.extent for lp in main.loops if lp.thread.startswith("threadIdx")) or 1
+    grid = math.prod(lp.extent for lp in main.loops if lp.thread.startswith("blockIdx")) or 1
+    waves = grid / _SMS
+    work = sum(b.work for b in blocks)
+    shared = sum(v for k, v in prog.scope_bytes.items() if k.startswith("shared"))
+    local = sum(v for k, v in prog.scope_bytes.items() if k == "local")
+    tensor_core = float(any(k.startswith(("wmma.", "m16n8k8.", "m16n8k16.")) for k in prog.scope_bytes))
+    lanes = max((lp.extent for b in blocks for lp in b.loops if lp.kind == 2), default=1)  # vectorized
+    unroll = max((lp.unroll_max_step for b in blocks for lp in b.loops), default=0)
+    return [math.log2(threads), float(threads % 32 == 0), math.log2(grid), waves,
+            waves / math.ceil(waves) if waves else 0.0, math.log2(max(work / (threads * grid), 1.0)),
+            math.log2(shared + 1), shared / 49152.0, math.log2(local + 1), tensor_core, float(lanes),
+            math.log2(unroll + 1), math.log2(max(prog.io_bytes, 1.0) / max(work, 1.0) + 1e-9)]
+
+
 _GROUPS: dict[str, tuple[tuple[str, ...], FeatureFn]] = {
     "cpu": (CPU_NAMES, cpu_features),
     "sim": (SIM_NAMES, sim_features),
+    "cuda": (CUDA_NAMES, cuda_features),
 }
 
 
@@ -520,6 +559,8 @@ def register_target_features(kind: str, fn: FeatureFn, names: Sequence[str] | No
 def groups_for(kind: str) -> list[str]:
     """Feature groups of a target kind: the host CPU's, plus the accelerator's own."""
     kind = {"llvm": "cpu", "accelc/cpu": "cpu"}.get(kind, kind)
+    if kind == "cuda":  # a GPU kernel: no host CPU loop nest to describe
+        return ["cuda"]
     return ["cpu"] + ([kind] if kind != "cpu" and kind in _GROUPS else [])
 
 
@@ -533,7 +574,7 @@ def feature_names(kind: str = "llvm") -> list[str]:
 def target_info(target=None, kind: str | None = None, **overrides) -> TargetInfo:
     """``TargetInfo`` for an llvm ``target`` (cores, vector width) and this host's caches."""
     info = TargetInfo(num_cores=1, cache_bytes=_host_caches())
-    if target is not None:
+    if target is not None and target.kind.name == "llvm":
         from tvm.target.codegen import target_has_features
 
         info.num_cores = int(target.attrs.get("num-cores", 1)) if "num-cores" in target.attrs else 1
