@@ -2,6 +2,11 @@
 
     python -m accelc.benchmarks.bench_models [--models deit-tiny,bert-encoder] [--threads 2]
                                              [--rounds 7] [--no-stock] [--json out.json]
+                                             [--variant LABEL=PASS[+PASS…]]…
+
+``--variant sa+lin=shift-add:terms=2+linearize`` adds a flow: the model rewritten with those
+passes (in order), timed in the same rounds and compared with onnxruntime on the *original*
+model: speed-up (ort ms / variant ms) and fidelity (cosine, top-1 of the first output).
 
 Every model is compiled once per flow; then, in each round, every flow is timed back to back
 (≥ 0.2 s of calls each), so machine noise hits all three alike. The table shows the median
@@ -59,7 +64,25 @@ def _stock(proto, feeds, threads):
     return (lambda: vm["main"](*args)), secs
 
 
-def run(names, threads: int, rounds: int, stock: bool, budget: float):
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """``LABEL=PASS+PASS`` → (label, [pass specs])."""
+    label, eq, passes = spec.partition("=")
+    if not eq or not label or not passes:
+        raise SystemExit(f"--variant {spec!r}: expected LABEL=PASS[+PASS...]")
+    return label, [p for p in passes.split("+") if p]
+
+
+def fidelity(got, want) -> dict:
+    """Cosine and top-1 agreement (over the last axis) of ``got`` against ``want``."""
+    import numpy as np
+
+    a, b = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    cos = float((a * b).sum() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    top1 = float((a.reshape(-1, a.shape[-1]).argmax(-1) == b.reshape(-1, b.shape[-1]).argmax(-1)).mean())
+    return {"cosine": cos, "top1": top1}
+
+
+def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=()):
     import accelc
     from accelc import models
     from accelc.compiler.oracle import session
@@ -76,14 +99,27 @@ def run(names, threads: int, rounds: int, stock: bool, budget: float):
         flows["onnxruntime"] = (lambda s=sess, f=feeds: s.run(None, f), 0.0)
         if stock:
             flows["tvm.compile"] = _stock(proto, feeds, threads)
+        want = sess.run(None, feeds)[0]
+        fid = {}
+        for label, passes in variants:
+            t0 = time.perf_counter()
+            cm = accelc.compile(proto, passes=passes, calibration=[models.example_inputs(name, seed=s)
+                                                                   for s in (1, 2)])
+            flows[label] = (lambda c=cm, f=feeds: c.run(f), time.perf_counter() - t0)
+            fid[label] = fidelity(next(iter(cm.run(feeds).values())), want)
         samples = {k: [] for k in flows}
         for _ in range(rounds):
             for key, (fn, _) in flows.items():
                 samples[key].append(_timer(fn, budget if key != "tvm.compile" else budget / 4) * 1e3)
         med = {k: statistics.median(v) for k, v in samples.items()}
-        rows.append({"model": name, "median_ms": med, "samples_ms": samples,
+        rows.append({"model": name, "median_ms": med, "samples_ms": samples, "fidelity": fid,
                      "compile_s": {k: round(v[1], 2) for k, v in flows.items() if k != "onnxruntime"}})
         print(_row(rows[-1]), flush=True)
+        for label, _ in variants:
+            f = fid[label]
+            print(f"  {label:<24} {med[label]:>10.2f} ms   ort(original)/variant {med['onnxruntime'] / med[label]:.2f}x"
+                  f"   accelc/variant {med['accelc'] / med[label]:.2f}x   cosine {f['cosine']:.5f}"
+                  f"   top-1 {f['top1'] * 100:.1f}%", flush=True)
     return rows
 
 
@@ -111,7 +147,10 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=0.2, help="seconds of calls per sample")
     ap.add_argument("--no-stock", action="store_true", help="skip stock tvm.compile (slow: naive loops)")
     ap.add_argument("--json", help="write all samples here")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=PASS[+PASS...]",
+                    help="also time the model rewritten with these passes (repeatable)")
     args = ap.parse_args(argv)
+    variants = [parse_variant(v) for v in args.variant]
     import onnxruntime
     import tvm
 
@@ -119,7 +158,7 @@ def main(argv=None) -> int:
           f"batch 1; median of {args.rounds} interleaved rounds; tvm {tvm.__version__}, "
           f"onnxruntime {onnxruntime.__version__}")
     print(HEADER)
-    rows = run(args.models.split(","), args.threads, args.rounds, not args.no_stock, args.budget)
+    rows = run(args.models.split(","), args.threads, args.rounds, not args.no_stock, args.budget, variants)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"threads": args.threads, "rounds": args.rounds, "rows": rows}, fh, indent=1)
