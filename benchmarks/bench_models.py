@@ -3,6 +3,10 @@
     python -m accelc.benchmarks.bench_models [--models deit-tiny,bert-encoder] [--threads 2]
                                              [--rounds 7] [--no-stock] [--json out.json]
                                              [--variant LABEL=PASS[+PASS…]]…
+                                             [--db MODEL=DIR]…
+
+``--db bert-encoder=bert.tune`` adds the flow "accelc tuned": the model compiled with that
+``accelc tune`` database (``compile --db``), timed in the same rounds.
 
 ``--variant sa+lin=shift-add:terms=2+linearize`` adds a flow: the model rewritten with those
 passes (in order), timed in the same rounds and compared with onnxruntime on the *original*
@@ -82,7 +86,7 @@ def fidelity(got, want) -> dict:
     return {"cosine": cos, "top1": top1}
 
 
-def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=()):
+def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(), dbs=None):
     import accelc
     from accelc import models
     from accelc.compiler.oracle import session
@@ -95,6 +99,10 @@ def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(
         t0 = time.perf_counter()
         compiled = accelc.compile(proto)
         flows = {"accelc": (lambda c=compiled, f=feeds: c.run(f), time.perf_counter() - t0)}
+        if (dbs or {}).get(name):
+            t0 = time.perf_counter()
+            tuned = accelc.compile(proto, database=dbs[name])
+            flows["accelc tuned"] = (lambda c=tuned, f=feeds: c.run(f), time.perf_counter() - t0)
         sess = session(proto, threads)
         flows["onnxruntime"] = (lambda s=sess, f=feeds: s.run(None, f), 0.0)
         if stock:
@@ -115,6 +123,9 @@ def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(
         rows.append({"model": name, "median_ms": med, "samples_ms": samples, "fidelity": fid,
                      "compile_s": {k: round(v[1], 2) for k, v in flows.items() if k != "onnxruntime"}})
         print(_row(rows[-1]), flush=True)
+        if "accelc tuned" in med:
+            print(f"  {'accelc tuned':<24} {med['accelc tuned']:>10.2f} ms   tuned/ort {med['accelc tuned'] / med['onnxruntime']:.2f}x"
+                  f"   untuned/tuned {med['accelc'] / med['accelc tuned']:.2f}x", flush=True)
         for label, _ in variants:
             f = fid[label]
             print(f"  {label:<24} {med[label]:>10.2f} ms   ort(original)/variant {med['onnxruntime'] / med[label]:.2f}x"
@@ -149,8 +160,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write all samples here")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=PASS[+PASS...]",
                     help="also time the model rewritten with these passes (repeatable)")
+    ap.add_argument("--db", action="append", default=[], metavar="MODEL=DIR",
+                    help="also time MODEL compiled with this tuning database (repeatable)")
     args = ap.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
+    dbs = dict(parse_variant(d) for d in args.db)
+    dbs = {k: v[0] for k, v in dbs.items()}
     import onnxruntime
     import tvm
 
@@ -158,7 +173,7 @@ def main(argv=None) -> int:
           f"batch 1; median of {args.rounds} interleaved rounds; tvm {tvm.__version__}, "
           f"onnxruntime {onnxruntime.__version__}")
     print(HEADER)
-    rows = run(args.models.split(","), args.threads, args.rounds, not args.no_stock, args.budget, variants)
+    rows = run(args.models.split(","), args.threads, args.rounds, not args.no_stock, args.budget, variants, dbs)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"threads": args.threads, "rounds": args.rounds, "rows": rows}, fh, indent=1)
