@@ -148,6 +148,9 @@ def _open_database(database, target):
 
 def _first_error_line(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:  # an accelc error raised inside a TVM pass: its own words
+        if "ACCELC_NO_GPU_KERNEL " in ln:
+            return ln[ln.index("ACCELC_NO_GPU_KERNEL ") + len("ACCELC_NO_GPU_KERNEL "):][:300]
     for ln in lines:
         if "Check failed" in ln or ln.startswith(("Error", "ValueError", "TypeError", "InternalError")):
             return ln[:300]

@@ -124,7 +124,35 @@ def schedule_passes(database=None) -> list:
     seq = [gpu_kernels]
     if database is not None:
         seq.append(relax.transform.MetaScheduleApplyDatabase(enable_warning=False))
-    return seq + [dl.ApplyDefaultSchedule(*default_rules()), relax.transform.DeadCodeElimination()]
+    # Upstream symptom: a PrimFunc no rule schedules (a hand-written kernel without a GPU twin)
+    # is built by TVM 0.27 as *host* code that dereferences device pointers, with no error at
+    # compile time. DefaultGPUSchedule binds whatever is still unscheduled to GPU threads.
+    return seq + [dl.ApplyDefaultSchedule(*default_rules()), _default_gpu_schedule,
+                  relax.transform.DeadCodeElimination()]
+
+
+@tvm.transform.module_pass(opt_level=0, name="accelc.cuda.DefaultGPUSchedule")
+def _default_gpu_schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """``s_tir.transform.DefaultGPUSchedule`` on the module's PrimFuncs (Relax functions kept)."""
+    from tvm.s_tir.transform import DefaultGPUSchedule
+
+    from ...errors import CompileError
+    from ...schedules.kernel_attrs import kernel_name
+
+    out = None
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+            continue
+        try:
+            done = DefaultGPUSchedule()(tvm.IRModule({gv: func}))[gv.name_hint]
+        except Exception:  # noqa: BLE001 - TVM rejects the kernel's structure
+            what = kernel_name(func) or gv.name_hint
+            raise CompileError(f"ACCELC_NO_GPU_KERNEL {what}: this kernel has no CUDA version yet and TVM "
+                               f"cannot place it on the GPU; compile it for -t cpu or -t sim") from None
+        if out is None:
+            out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+        out[gv] = done
+    return mod if out is None else out
 
 
 def back_passes(target: Target) -> list:
