@@ -143,7 +143,8 @@ def _open_database(database, target):
         return database
     from ..schedules.tuning.database import open_database
 
-    return open_database(os.fspath(database), target).db  # refuses corrupt or foreign databases
+    # refuses corrupt or foreign databases; applies each verified task's side-by-side winner
+    return open_database(os.fspath(database), target).for_compile()
 
 
 def _first_error_line(err: Exception) -> str:

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from accelc.tests.util import mlp_model
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 ENV.pop("ACCELC_DEBUG", None)
 RECORDS, WORKLOADS = "database_tuning_record.json", "database_workload.json"
+VERIFIED = "accelc_verified.json"
 TASK = "matmul_add_relu"  # the MLP's first layer: a 8x16x32 matmul with its bias and ReLU
 SMALL = ["--trials", "3", "--batch", "2", "--tasks", TASK, "--cost-model", "random", "--no-progress"]
 
@@ -142,8 +144,16 @@ def test_reports(tuned):
     assert trials == [0, 1, 2, 3]  # default; the records before the kill (rebuilt one by one); the last batch
     assert best[0] == task["before_us"]
     assert all(a >= b for a, b in zip(best, best[1:])) and best[-1] <= task["before_us"]
-    assert task["after_us"] == best[-1] == data["total"]["best_us"]
-    assert data["total"]["curve"][-1] == [3, data["total"]["best_us"]]
+    assert data["total"]["curve"][-1] == [3, best[-1]]  # the search's own timings
+    # after the search, the default and the best records were timed side by side: the applied
+    # record is the lowest median of that timing, and the speed-up is against the default's
+    ver = json.loads((tuned.db / VERIFIED).read_text())["tasks"][0]["records"]
+    medians = {int(line): statistics.median(v) for line, v in ver.items()}
+    assert 1 in medians and len(medians) == 4  # the default (line 1) and the 3 searched records
+    assert task["verified"]["after_us"] == pytest.approx(min(medians.values()) * 1e6, abs=1e-4)
+    assert task["verified"]["default_us"] == pytest.approx(medians[1] * 1e6, abs=1e-4)
+    assert task["after_us"] == task["verified"]["after_us"] == data["total"]["best_us"]
+    assert "verifying 1 task(s): 12 side-by-side runs" in tuned.out
     assert (tuned.db / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "before µs" in tuned.out and "after µs" in tuned.out
     assert f"apply it: accelc compile {tuned.model} -t cpu --db {tuned.db}" in tuned.out
@@ -193,6 +203,63 @@ def test_corrupt_or_foreign_database_is_refused_untouched(tuned, tmp_path, capsy
     assert_one_line_error(rc, err, f"{db / name} line {line}", words)
     assert {f: (db / f).read_bytes() for f in snapshot} == snapshot
     assert not (tmp_path / "m.so").exists()
+
+
+def _query(tdb, target):
+    """The scheduled module of the record ``compile --db`` applies to the tuned task."""
+    import tvm_ffi
+
+    db = tdb.for_compile()
+    rec = db.query_tuning_record(tdb.workloads[0].mod, target, "main")
+    return tvm_ffi.structural_hash(rec.as_measure_candidate().sch.mod) if rec is not None else None
+
+
+def test_compile_applies_the_side_by_side_winner_not_the_fastest_stored_time(tuned, tmp_path):
+    """A record whose search time was a lucky sample loses to the one that wins side by side."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.schedules.tuning import database, load_intrinsics
+    from accelc.targets import cpu
+
+    load_intrinsics("llvm")
+    target = cpu.host_target()
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    tdb = database.open_database(db, target)
+    by_line = {r.line: tvm_ffi.structural_hash(r.tvm.as_measure_candidate().sch.mod) for r in tdb.records}
+    stock = ms.database.JSONDatabase(work_dir=str(db), allow_missing=False)
+    fastest_stored = min(tdb.records, key=lambda r: r.secs).line
+    rec = stock.query_tuning_record(tdb.workloads[0].mod, target, "main")
+    assert tvm_ffi.structural_hash(rec.as_measure_candidate().sch.mod) == by_line[fastest_stored]
+    for winner in sorted(by_line):  # make each record in turn the side-by-side winner
+        doc = json.loads((tuned.db / VERIFIED).read_text())
+        doc["tasks"][0]["records"] = {str(n): [1e-6 if n == winner else 2e-6] * 3 for n in by_line}
+        (db / VERIFIED).write_text(json.dumps(doc))
+        assert _query(database.open_database(db, target), target) == by_line[winner]
+    (db / VERIFIED).unlink()  # without the file: the fastest stored time, as in stock TVM
+    assert _query(database.open_database(db, target), target) == by_line[fastest_stored]
+
+
+@pytest.mark.parametrize("case", ["not json", "unknown line", "other workload"])
+def test_corrupt_verification_is_refused_untouched(tuned, tmp_path, capsys, case):
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    doc = json.loads((db / VERIFIED).read_text())
+    if case == "not json":
+        text = "{\"format\": "
+    else:
+        if case == "unknown line":
+            doc["tasks"][0]["records"]["99"] = [1e-6]
+        else:
+            doc["tasks"][0]["workload_hash"] = "12345"
+        text = json.dumps(doc)
+    (db / VERIFIED).write_text(text)
+    rc, _, err = run_main(capsys, "compile", tuned.model, "--db", db, "-o", tmp_path / "m.so")
+    words = {"not json": "not valid JSON", "unknown line": "record line 99",
+             "other workload": "not the one it was written for"}[case]
+    assert_one_line_error(rc, err, str(db / VERIFIED), words)
+    assert (db / VERIFIED).read_text() == text and not (tmp_path / "m.so").exists()
 
 
 def test_interrupted_append_is_repaired_and_nothing_is_lost(tuned, tmp_path, capsys):

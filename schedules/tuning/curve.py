@@ -30,6 +30,8 @@ class TaskCurve:
     trials: int = 0
     best: float = math.inf  # seconds, best valid record
     points: list = field(default_factory=list)  # [task trials, latency µs]: the default, then per batch
+    verified_default: float | None = None  # seconds: the default and the applied record timed side by
+    verified_after: float | None = None  # side after the search (``driver.verify_best``)
 
 
 class Curve:
@@ -51,16 +53,28 @@ class Curve:
         t.points.append([t.trials, _us(self.current(t))])
         self.total.append([self.trials, _us(self.estimate())])
 
+    def verified(self, name: str, default: float | None, after: float) -> None:
+        """The task's default (if stored) and the winning record, timed side by side."""
+        t = self.tasks[name]
+        t.verified_default, t.verified_after = default, after
+
     def current(self, t: TaskCurve) -> float | None:
         """The task's latency under what ``compile --db`` applies (seconds; None: unknown)."""
+        if t.verified_after is not None:
+            return t.verified_after
         if t.default_in_db and t.before is not None:
             return min(t.best, t.before)
         return t.best if math.isfinite(t.best) else t.before
 
+    @staticmethod
+    def baseline(t: TaskCurve) -> float | None:
+        """The default schedule's latency: from the side-by-side timing if there is one."""
+        return t.verified_default if t.verified_default is not None else t.before
+
     def estimate(self, before: bool = False) -> float | None:
         """Σ calls × latency over tasks whose latency is known (seconds); None if none is."""
         vals = [t.weight * v for t in self.tasks.values()
-                if (v := (t.before if before else self.current(t))) is not None]
+                if (v := (self.baseline(t) if before else self.current(t))) is not None]
         return sum(vals) if vals else None
 
     def to_json(self) -> dict:
@@ -71,7 +85,9 @@ class Curve:
                       "curve": self.total},
             "tasks": {t.name: {"key": t.key, "calls": t.weight, "flops": t.flops, "before_us": _us(t.before),
                                "best_searched_us": _us(t.best), "after_us": _us(self.current(t)),
-                               "default_in_db": t.default_in_db, "trials": t.trials, "curve": t.points}
+                               "default_in_db": t.default_in_db, "trials": t.trials, "curve": t.points,
+                               "verified": None if t.verified_after is None else
+                               {"default_us": _us(t.verified_default), "after_us": _us(t.verified_after)}}
                       for t in self.tasks.values()},
         }
 
@@ -112,12 +128,14 @@ class Curve:
         return out
 
     def table(self) -> str:
-        """Per-task latency before (default schedule) and after (what ``compile --db`` applies)."""
+        """Per-task latency before (default schedule) and after (what ``compile --db`` applies);
+        side-by-side re-timings where the task was verified."""
         width = max([len("task"), *(len(n) for n in self.tasks)])
         rows = [f"{'task':<{width}} {'calls':>5} {'trials':>6} {'before µs':>11} {'after µs':>10} {'speedup':>8}"]
         for t in self.tasks.values():
-            rows.append(f"{t.name:<{width}} {t.weight:>5} {t.trials:>6} {_fmt(t.before):>11} "
-                        f"{_fmt(self.current(t)):>10} {_speedup(t.before, self.current(t)):>8}")
+            b = self.baseline(t)
+            rows.append(f"{t.name:<{width}} {t.weight:>5} {t.trials:>6} {_fmt(b):>11} "
+                        f"{_fmt(self.current(t)):>10} {_speedup(b, self.current(t)):>8}")
         b, a = self.estimate(before=True), self.estimate()
         rows.append(f"{'model (Σ calls × latency)':<{width + 13}} {_fmt(b):>11} {_fmt(a):>10} {_speedup(b, a):>8}")
         return "\n".join(rows)

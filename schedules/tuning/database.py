@@ -17,6 +17,13 @@ of another target of the same kind with other keys (the sim accelerator's worklo
 CPU's, for ``-t sim``): one database may serve many models, as in TVM. That is safe because TVM
 applies a record to a workload only, and each target family's workloads are its own.
 
+Beside the two files, ``accelc tune`` writes ``accelc_verified.json``: for each task, its
+default schedule and best searched records timed again, side by side in one runner call, after
+the search (a record's time from the search was taken once, maybe while the machine was busy, and
+a lucky or unlucky sample misranks records). ``compile --db`` applies, for such a task, the
+fastest record of that side-by-side timing; stock TVM ignores the file and takes the fastest
+stored time. A verification naming records that are not there is corrupt, and refused.
+
 One case is repaired instead: a last line without its newline is what an interrupted append leaves
 (TVM writes a record, then the newline). When opened for tuning, a complete last record gets its
 newline back; an incomplete one (never a measured record) is moved to ``FILE.torn`` and cut off.
@@ -25,6 +32,7 @@ newline back; an incomplete one (never a measured record) is moved to ``FILE.tor
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +40,7 @@ from pathlib import Path
 from ...errors import AccelcError, UsageError
 
 WORKLOADS, RECORDS = "database_workload.json", "database_tuning_record.json"
+VERIFIED = "accelc_verified.json"  # side-by-side re-timings of each task's best records
 LOCK = ".accelc-tune.lock"  # held (flock) by the one process tuning into the directory
 #: Target fields that must agree, between records and the target of this run with the same keys.
 TARGET_FIELDS = ("kind", "mcpu", "mattr", "num-cores", "keys", "arch", "model")
@@ -63,6 +72,25 @@ class Record:
     workload: int
     secs: float
     searched: bool = True
+    tvm: object = None  # ms.database.TuningRecord
+
+
+@dataclass
+class Verified:
+    """One task's records timed again side by side: record line → all re-timed samples
+    (seconds); the winner has the lowest median."""
+
+    workload: int
+    secs: dict  # {line: [seconds, ...]}
+
+    def median(self, line: int) -> float:
+        import statistics
+
+        return statistics.median(self.secs[line])
+
+    @property
+    def winner(self) -> int:
+        return min(self.secs, key=self.median)
 
 
 @dataclass
@@ -74,6 +102,8 @@ class TuningDB:
     workloads: list  # ms.database.Workload, by index
     records: list[Record] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # notes about interrupted appends fixed
+    verified: dict = field(default_factory=dict)  # workload index → Verified
+    want: dict = field(default_factory=dict)  # the target fields records must agree with
     _synced: int = 0  # bytes of the record file known to be complete and on disk
     _lock: int | None = None  # fd holding LOCK while tuning
 
@@ -120,6 +150,45 @@ class TuningDB:
         self.sync(1)
         self.records.append(Record(len(self.records) + 1, self.workload_index(mod), sum(secs) / len(secs),
                                    searched=False))
+
+    def reload_records(self) -> None:
+        """Re-read the record file (records appended by the search since it was opened)."""
+        lines = _read_lines(self.record_file, False, [], lambda o: True)
+        self.records = [_parse_record(self.record_file, n, obj, self.workloads, self.want) for n, obj in lines]
+
+    def save_verified(self, entries: list[Verified]) -> None:
+        """Replace the verification of these entries' workloads (atomically; others are kept)."""
+        from ...fileio import atomic_write
+
+        for e in entries:
+            self.verified[e.workload] = e
+        doc = {"format": "accelc-verified/1", "tasks": [
+            {"workload": e.workload, "workload_hash": _workload_hash(self.workloads[e.workload]),
+             "records": {str(line): secs for line, secs in e.secs.items()}}
+            for e in sorted(self.verified.values(), key=lambda e: e.workload)]}
+        text = json.dumps(doc, indent=1)
+        atomic_write(self.path / VERIFIED, lambda tmp: Path(tmp).write_text(text))
+
+    def for_compile(self):
+        """The database ``compile --db`` applies: TVM's own, unless some tasks were verified;
+        then a copy in memory where a verified task has only its re-timed records, at their
+        re-timed medians, so the side-by-side winner is the one applied."""
+        if not self.verified:
+            return self.db
+        from tvm.s_tir import meta_schedule as ms
+
+        mem = ms.database.MemoryDatabase()
+        wkls = [mem.commit_workload(w.mod) for w in self.workloads]
+        for r in self.records:
+            ver = self.verified.get(r.workload)
+            if r.tvm is None or (ver is not None and r.line not in ver.secs):
+                continue
+            secs = [ver.median(r.line)] if ver is not None else list(r.tvm.run_secs or [])
+            if not secs:
+                continue
+            mem.commit_tuning_record(ms.database.TuningRecord(r.tvm.trace, wkls[r.workload], secs,
+                                                              r.tvm.target, r.tvm.args_info))
+        return mem
 
     def sync(self, expect_new: int) -> None:
         """fsync both files and check that exactly ``expect_new`` more complete record lines are
@@ -169,6 +238,7 @@ def open_database(path, target, create: bool = False) -> TuningDB:
         want = _target_fields(target)
         rec_lines = _read_lines(path / RECORDS, create, repaired, lambda o: _record_ok(o, len(workloads)))
         records = [_parse_record(path / RECORDS, n, obj, workloads, want) for n, obj in rec_lines]
+        verified = _read_verified(path / VERIFIED, workloads, records)
         try:
             db = ms.database.JSONDatabase(work_dir=str(path), allow_missing=create)
         except Exception as err:  # noqa: BLE001 - everything was checked; keep TVM's first line
@@ -177,7 +247,7 @@ def open_database(path, target, create: bool = False) -> TuningDB:
         if lock is not None:
             os.close(lock)
         raise
-    out = TuningDB(path, db, workloads, records, repaired, _lock=lock)
+    out = TuningDB(path, db, workloads, records, repaired, verified, want, _lock=lock)
     out._synced = (path / RECORDS).stat().st_size if (path / RECORDS).exists() else 0
     return out
 
@@ -303,14 +373,52 @@ def _parse_record(file: Path, n: int, obj, workloads: list, want: dict) -> Recor
     try:
         for hook in _TRACE_HOOKS:
             hook(obj[1][0])
-        ms.database.TuningRecord.from_json(obj[1], workloads[obj[0]])
+        rec = ms.database.TuningRecord.from_json(obj[1], workloads[obj[0]])
     except Exception as err:  # noqa: BLE001
         raise DatabaseError(f"{file} line {n}: TVM cannot read this tuning record ({_first_line(err)}); "
                             "the database is corrupt or from another TVM release") from None
     secs = obj[1][1]
     ok = isinstance(secs, list) and secs and all(isinstance(s, (int, float)) for s in secs)
     mean = sum(secs) / len(secs) if ok else float("inf")
-    return Record(n, obj[0], mean if mean < FAILED_SECS else float("inf"), _searched(obj[1][0]))
+    return Record(n, obj[0], mean if mean < FAILED_SECS else float("inf"), _searched(obj[1][0]), rec)
+
+
+def _workload_hash(wkl) -> str:
+    return str(wkl.as_json()[0])
+
+
+def _read_verified(file: Path, workloads: list, records: list[Record]) -> dict:
+    """``accelc_verified.json``: {workload index: Verified}; every record it names must be a
+    record of that workload, and the workload must be the one it was written for."""
+    if not file.exists():
+        return {}
+
+    def bad(why: str):
+        return DatabaseError(f"{file}: {why}; the database is corrupt and was left untouched "
+                             f"(delete {file.name} to compile with the search's own timings)")
+
+    try:
+        doc = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise bad(f"not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "accelc-verified/1" or not isinstance(doc.get("tasks"), list):
+        raise bad("not an accelc verification file (format accelc-verified/1)")
+    by_line = {r.line: r for r in records}
+    out = {}
+    for i, entry in enumerate(doc["tasks"]):
+        try:
+            w, recs = int(entry["workload"]), entry["records"]
+            secs = {int(line): [float(x) for x in v] for line, v in recs.items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise bad(f"task {i} is malformed") from None
+        if not 0 <= w < len(workloads) or entry.get("workload_hash") != _workload_hash(workloads[w]):
+            raise bad(f"task {i} names workload {w}, which is not the one it was written for")
+        for line, v in secs.items():
+            if line not in by_line or by_line[line].workload != w or not v or not all(math.isfinite(x) for x in v):
+                raise bad(f"task {i} names record line {line}, which is not a measured record of workload {w}")
+        if secs:
+            out[w] = Verified(w, secs)
+    return out
 
 
 def _searched(trace_json) -> bool:

@@ -17,6 +17,12 @@ MetaSchedule's own loop, a database that survives being killed, and resumption.
 - Loop: ``ms.TaskScheduler`` (round robin over the tasks' shares), ``EvolutionarySearch`` seeded
   from the database, stock ``AddToDatabase``. After every measured batch our callback fsyncs the
   database, checks the batch's lines are on disk, extends the curve and moves the progress bar.
+- Verify: a search time is one sample taken while the search ran; on a shared machine a lucky
+  or unlucky one misranks records, and the database's fastest stored record can be slower than
+  the default schedule when both run in one process. After the search each task's default and
+  its ``VERIFY_TOP`` best searched records are built again and timed side by side, interleaved
+  in ``VERIFY_ROUNDS`` rounds of one runner call; ``compile --db`` applies the lowest median
+  (``accelc_verified.json``, see database.py). The simulator's latencies are exact: no verify.
 - Resume: EvolutionarySearch remembers what it measured only within one run (its
   ``measured_workloads_`` starts empty, see the TODO in evolutionary_search.cc) and seeds its
   population with the database's best records, so a second run re-measures old schedules. The
@@ -39,6 +45,7 @@ from .database import TuningDB, open_database, register_trace_hook
 COST_MODELS = ("xgb", "tvm-xgb", "random")
 SAVED_MODEL = {"xgb": "cost_model-xgb.json", "tvm-xgb": "cost_model-tvm-xgb.tar"}  # in the database dir
 EVALUATOR = dict(number=3, repeat=3, min_repeat_ms=30)  # ≥ 90 ms a candidate, 3 samples
+VERIFY_TOP, VERIFY_ROUNDS = 3, 3  # searched records re-timed against the default, rounds
 
 
 @dataclass
@@ -497,9 +504,79 @@ def _tune(tasks, tdb: TuningDB, tvm_target, comps, model_name, target_name, tria
     if short:
         result.notes.append(f"the search found nothing new to measure for {', '.join(short)}: "
                             "their search spaces look exhausted")
+    if comps["cost_kind"] != "sim":
+        verify_best(tasks, tdb, tvm_target, comps, curve, log)
     curve.write(tdb.path)
     curve.plot(tdb.path)
     return result
+
+
+def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve=None, log=print,
+                top: int = VERIFY_TOP, rounds: int = VERIFY_ROUNDS) -> list:
+    """Time each task's default record and ``top`` fastest searched records again, side by side:
+    one runner call that runs the candidates in ``rounds`` interleaved rounds, so they share the
+    machine's state. The samples go to ``accelc_verified.json`` (``compile --db`` applies the
+    lowest median) and, as "verified", into the curve. A task whose candidates were verified
+    before is skipped. Returns the new ``Verified`` entries."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import remove_build_dir
+
+    from .database import Verified
+
+    tdb.reload_records()
+    picks = {}  # workload index → [Record]
+    for t in tasks:
+        w = tdb.workload_index(t.mod)
+        recs = [r for r in tdb.records if r.workload == w and math.isfinite(r.secs) and r.tvm is not None]
+        chosen = [r for r in recs if not r.searched][:1] + sorted((r for r in recs if r.searched),
+                                                                   key=lambda r: r.secs)[:top]
+        old = tdb.verified.get(w)
+        if len(chosen) >= 2 and (old is None or set(old.secs) != {r.line for r in chosen}):
+            picks[w] = chosen
+        elif old is not None and curve is not None:
+            _curve_verified(curve, t, tdb, old)
+    if not picks:
+        return []
+    flat = [r for chosen in picks.values() for r in chosen]
+    cands = [r.tvm.as_measure_candidate() for r in flat]
+    built = comps["builder"].build([ms.builder.BuilderInput(c.sch.mod, tvm_target) for c in cands])
+    device = "cuda" if tvm_target.kind.name == "cuda" else "cpu"
+    inputs, owner = [], []
+    for _ in range(rounds):
+        for i, (c, b) in enumerate(zip(cands, built)):
+            if b.error_msg is None:
+                inputs.append(ms.runner.RunnerInput(b.artifact_path, device, c.args_info))
+                owner.append(i)
+    log(f"verifying {len(picks)} task(s): {len(inputs)} side-by-side runs of their default and best records")
+    samples: dict[int, list[float]] = {}
+    try:
+        for i, fut in zip(owner, comps["runner"].run(inputs)):
+            res = fut.result()
+            if res.error_msg is None and res.run_secs:
+                samples.setdefault(i, []).extend(float(s) for s in res.run_secs)
+    finally:
+        for b in built:
+            if b.error_msg is None:
+                remove_build_dir(b.artifact_path)
+    entries = []
+    for w, chosen in picks.items():
+        secs = {r.line: samples[flat.index(r)] for r in chosen if flat.index(r) in samples}
+        if len(secs) >= 2 or (len(secs) == 1 and not tdb.verified.get(w)):
+            entries.append(Verified(w, secs))
+    if entries:
+        tdb.save_verified(entries)
+    if curve is not None:
+        for t in tasks:
+            w = tdb.workload_index(t.mod)
+            if w in picks and w in tdb.verified:
+                _curve_verified(curve, t, tdb, tdb.verified[w])
+    return entries
+
+
+def _curve_verified(curve, task: Task, tdb: TuningDB, ver) -> None:
+    """Tell the curve the task's side-by-side timing: its default's median and the winner's."""
+    default = [r.line for r in tdb.records if r.workload == ver.workload and not r.searched and r.line in ver.secs]
+    curve.verified(task.name, ver.median(default[0]) if default else None, ver.median(ver.winner))
 
 
 def _run(todo, tasks, tdb: TuningDB, tvm_target, comps, curve, cost_model_name, warm_start, batch, seed,
