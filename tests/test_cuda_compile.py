@@ -28,6 +28,9 @@ KERNELS = {
     "linear_attention": lambda: la.linear_attention(1, 2, 37, 16),
     "linear_attention_causal": lambda: la.linear_attention(1, 2, 70, 16, causal=True, chunk=32),
     "linear_attention_decode": lambda: la.linear_attention_decode(1, 2, 16),
+    "polarized_attention": lambda: sp.polarized_attention(1, 2, 37, 64, 300, 0.25),
+    "polarized_attention_causal_bias": lambda: sp.polarized_attention(2, 2, 37, 40, 300, 0.25, causal=True,
+                                                                      key_bias=True),
 }
 
 
@@ -59,18 +62,28 @@ def test_custom_kernel_compiles_for_cuda_with_nvcc(name):
     assert binary[:4] == np.uint32(fatbin.FATBIN_MAGIC).tobytes()
 
 
-def test_a_kernel_without_a_gpu_version_is_refused_not_built_as_host_code():
-    """Upstream, an unscheduled PrimFunc silently becomes host code reading device pointers.
-    polarized_attention has no CUDA version yet (its CPU kernel's structure defeats TVM's
-    DefaultGPUSchedule): the compile says so in one line instead."""
-    import accelc
-    from accelc.errors import CompileError
+def test_polarized_attention_runs_on_the_gpu_twin():
+    """The CPU kernel is swapped for the warp-per-row GPU kernel: coalesced K/V row reads and a
+    shuffle butterfly for each kept key's dot product, no global score scratch."""
+    src = cuda_source(sp.polarized_attention(1, 2, 37, 64, 300, 0.25))
+    assert src.count("__shfl_xor_sync") == 2 * 5  # global keys and CSR keys: 5 butterfly steps each
+    assert "__launch_bounds__(128)" in src and "threadIdx.y" in src
+    signature = src.split("__global__")[-1].split("{")[0]
+    assert signature.count("__restrict__") == 8  # q, k, v, perm, gcount, indptr, indices, out: no scratch
 
-    with pytest.raises(RuntimeError, match="polarized_attention: this kernel has no CUDA version yet"):
-        cuda_source(sp.polarized_attention(1, 2, 37, 16, 300, 0.25))  # raised through the TVM pass
-    with pytest.raises(CompileError, match="polarized_attention: this kernel has no CUDA version yet"):
-        accelc.compile(models.build("gpt2-like"), target="cuda", passes=["polarize"],
-                       target_options={"arch": "sm_90"}, calibration=[models.example_inputs("gpt2-like", seed=1)])
+
+def test_a_kernel_without_a_gpu_version_is_refused_not_built_as_host_code():
+    """Upstream, an unscheduled PrimFunc silently becomes host code reading device pointers. A
+    named kernel with no GPU twin whose structure defeats TVM's DefaultGPUSchedule (here the CPU
+    polarized-attention kernel under another name) stops the compile with one line instead."""
+    orphan = sp.polarized_attention(1, 2, 37, 16, 300, 0.25).with_attr("accelc.kernel", "orphan_kernel")
+    with pytest.raises(RuntimeError, match="orphan_kernel: this kernel has no CUDA version yet"):
+        cuda_source(orphan)  # raised through the TVM pass
+
+
+def test_gpt2_with_polarized_attention_compiles_for_cuda(tmp_path):
+    meta = _build_export("gpt2-like", ["polarize:sparsity=0.8"], tmp_path)
+    assert meta.target_name == "cuda"
 
 
 def _build_export(name, passes, tmp_path):

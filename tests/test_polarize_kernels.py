@@ -261,6 +261,51 @@ def test_kernel_empty_rows_and_all_global(cpu_target):
     assert _rel_err(got, pm.masked_attention_ref(q, k, v, p.mask, 0.5)) <= 1e-5
 
 
+# The GPU twin (schedules/cuda/attention_sparse.py): CI has no GPU, so its per-row program runs
+# here with the 32 lanes as loops (``emulate``); the CUDA build differs only in binding the lanes
+# to threads and summing with warp shuffles (tests/test_cuda_compile.py compiles that with nvcc).
+def _run_gpu_twin(q, k, v, p: pm.PolarPattern, scale, kb, causal):
+    from accelc.schedules.cuda.attention_sparse import polarized_attention_gpu
+
+    b, heads, n, d = q.shape
+    func = polarized_attention_gpu(b, heads, n, d, p.nnz, scale, causal=causal, key_bias=kb is not None,
+                                   emulate=True)
+    lib = tvm.tirx.build(func.with_attr("global_symbol", "main"), "llvm")
+    args = [q, k, v] + ([kb.astype(np.float32)] if kb is not None else []) + p.kernel_args()
+    out = tvm.runtime.tensor(np.full(q.shape, np.nan, np.float32))
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
+    return out.numpy()
+
+
+@KERNEL_SETTINGS
+@given(b=st.integers(1, 2), heads=st.integers(1, 3), n=st.integers(1, 40),
+       d=st.sampled_from([1, 3, 16, 32, 40, 64, 96]), causal=st.booleans(), bias=st.booleans(),
+       knob=st.floats(0.0, 0.95), tau=st.none() | st.floats(0, 8), seed=st.integers(0, 2**16))
+def test_gpu_twin_matches_masked_ref(b, heads, n, d, causal, bias, knob, tau, seed):
+    rng = np.random.default_rng(seed)
+    p = pm.pattern_from_maps(_maps(rng, heads, n, causal), sparsity=knob, tau=tau, causal=causal)
+    q, k, v = _qkv(rng, b, heads, n, d)
+    kb = rng.normal(size=(b, n)).astype(np.float32) if bias else None
+    scale = float(rng.uniform(0.1, 1.0))
+    got = _run_gpu_twin(q, k, v, p, scale, kb, causal)
+    assert _rel_err(got, pm.masked_attention_ref(q, k, v, p.mask, scale, kb, causal)) <= 1e-5
+
+
+def test_gpu_twin_empty_rows_masked_keys_and_all_global():
+    rng = np.random.default_rng(2)
+    n, d = 9, 40
+    mask = rng.random((2, n, n)) < 0.3
+    mask[:, 3] = False  # row 3 keeps nothing → zeros
+    mask[1] = True  # head 1: everything global
+    p = pm.polarize(mask, tau=n - 1)
+    q, k, v = _qkv(rng, 1, 2, n, d)
+    kb = rng.normal(size=(1, n)).astype(np.float32)
+    kb[0, :4] = -np.inf  # a padding mask: these keys never count (-inf scores are skipped)
+    got = _run_gpu_twin(q, k, v, p, 0.5, kb, False)
+    assert np.all(got[0, 0, 3] == 0) and np.all(np.isfinite(got))
+    assert _rel_err(got, _run_kernel(tvm.target.Target("llvm"), q, k, v, p, 0.5, kb, False)) <= 1e-5
+
+
 def test_rule_declines_other_functions(cpu_target):
     from tvm import te
 
