@@ -11,6 +11,7 @@ from .base import CpuShape, cpu_shape
 from .conv import Conv2dNHWC
 from .fallback import Fallback
 from .injective import Injective
+from .int8 import Int8MatmulVNNI
 from .matmul import Matmul
 from .reduction import RowReduction, WindowReduction
 from .shift_add import ShiftAddKernels
@@ -42,12 +43,13 @@ class Guarded(dl.ScheduleRule):
 
 def default_rules() -> list[dl.ScheduleRule]:
     """The rules ``targets.cpu`` applies to every PrimFunc no tuning record covers."""
-    rules = (ShiftAddKernels(), PolarizedAttentionKernels(), LinearAttentionKernels(), Conv2dNHWC(), Matmul(), RowReduction(), WindowReduction(), dl.cpu.Reduction(), Injective(), Fallback())
+    rules = (ShiftAddKernels(), PolarizedAttentionKernels(), LinearAttentionKernels(), Int8MatmulVNNI(),
+             Conv2dNHWC(), Matmul(), RowReduction(), WindowReduction(), dl.cpu.Reduction(), Injective(), Fallback())
     return [Guarded(r) for r in rules]
 
 
 __all__ = [
-    "Conv2dNHWC", "CpuShape", "Fallback", "Guarded", "Injective", "LinearAttentionKernels", "Matmul",
+    "Conv2dNHWC", "CpuShape", "Fallback", "Guarded", "Injective", "Int8MatmulVNNI", "LinearAttentionKernels", "Matmul",
     "PolarizedAttentionKernels",
     "RowReduction", "ShiftAddKernels",
     "WindowReduction", "cpu_shape", "default_rules",
