@@ -52,7 +52,13 @@ class Conv2dNHWC(CPURule):
         shape = cpu_shape(target)
         lanes = shape.lanes(block_dtype(sch, conv))
         n_, y_, x_, f_, ry_, rx_, rc_ = (int(iv.dom.extent) for iv in stmt.iter_vars)
-        tile = _tile(x_, f_, lanes, shape.vector_registers)
+        tile = None
+        # the widest vector whose multiples divide the channels: on AVX-512 (16 fp32 lanes) a
+        # 24-channel conv takes 8-lane (ymm) vectors rather than no schedule at all
+        while tile is None and lanes >= 1:
+            tile = _tile(x_, f_, lanes, shape.vector_registers)
+            if tile is None:
+                lanes = lanes // 2 if lanes > 4 else 0
         if tile is None:
             return None
         mr, nj = tile
