@@ -260,6 +260,13 @@ def _build(B, H, N, D, NNZ, scale, causal, has_bias, lanes, R, fast_exp, paralle
                                     out[bb, hh, i, sc * SC + l] = osp[l] * T.Select(
                                         rsum[r] > ZERO, T.float32(1.0) / rsum[r], ZERO)
 
+    return kernel_signature(B, H, N, D, NNZ, has_bias, body)
+
+
+def kernel_signature(B, H, N, D, NNZ, has_bias, body) -> tirx.PrimFunc:
+    """The polarized-attention PrimFunc around ``body(q, k, v, key_bias, perm, gcount, indptr,
+    indices, out)`` (a ``T.macro``; ``key_bias`` is None without a bias): the parameters of
+    :func:`polarized_attention`, shared by its CPU and GPU versions."""
     if has_bias:
         @T.prim_func(s_tir=True)
         def kernel(q: T.Buffer((B, H, N, D), "float32"), k: T.Buffer((B, H, N, D), "float32"),

@@ -13,9 +13,9 @@ Blocks:
 - ``pack``: ``wu[jo, ko, ji, ki] = u8(w[4·ko + ki, nr·jo + ji] + 128)``: column panels of
   ``nr = 16·nj`` columns, each 4-deep ``k`` step of a panel one contiguous ``nr × 4`` bytes
   (``nj`` zmm loads); ``n`` padded to whole panels and ``k`` to a multiple of 4 (padding is
-  ``w = 0``). Marked ``meta_schedule.layout_rewrite_preproc``
-  when the weight is a constant (``pack_weight=False``), so the CPU pipeline hoists it out of
-  the kernel and folds it at compile time; otherwise it runs every call.
+  ``w = 0``). Marked ``meta_schedule.layout_rewrite_preproc`` when the weight is a constant
+  (``preproc_pack=True``), so the CPU pipeline hoists it out of the kernel and folds it at
+  compile time; otherwise it runs every call.
 - ``xpad`` (only when ``k % 4 ≠ 0``): ``x`` with ``k`` padded to a multiple of 4 with zeros.
 - ``rowsum``: ``Σ_r x[i, r]``.
 - ``gemm``: parallel over (column panel, row block); an ``mr × nj`` tile of int32x16

@@ -222,6 +222,11 @@ def _build(func, target):
 def _run_kernel(target, q, k, v, p: pm.PolarPattern, scale, kb, causal):
     b, heads, n, d = q.shape
     lib = _build(polarized_attention(b, heads, n, d, p.nnz, scale, causal=causal, key_bias=kb is not None), target)
+    return _call(lib, q, k, v, p, kb)
+
+
+def _call(lib, q, k, v, p: pm.PolarPattern, kb):
+    """A built polarized-attention kernel on these inputs (the output starts as NaN)."""
     args = [q, k, v] + ([kb.astype(np.float32)] if kb is not None else []) + p.kernel_args()
     out = tvm.runtime.tensor(np.full(q.shape, np.nan, np.float32))
     lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
@@ -270,11 +275,7 @@ def _run_gpu_twin(q, k, v, p: pm.PolarPattern, scale, kb, causal):
     b, heads, n, d = q.shape
     func = polarized_attention_gpu(b, heads, n, d, p.nnz, scale, causal=causal, key_bias=kb is not None,
                                    emulate=True)
-    lib = tvm.tirx.build(func.with_attr("global_symbol", "main"), "llvm")
-    args = [q, k, v] + ([kb.astype(np.float32)] if kb is not None else []) + p.kernel_args()
-    out = tvm.runtime.tensor(np.full(q.shape, np.nan, np.float32))
-    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
-    return out.numpy()
+    return _call(tvm.tirx.build(func.with_attr("global_symbol", "main"), "llvm"), q, k, v, p, kb)
 
 
 @KERNEL_SETTINGS

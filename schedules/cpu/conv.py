@@ -52,16 +52,13 @@ class Conv2dNHWC(CPURule):
         shape = cpu_shape(target)
         lanes = shape.lanes(block_dtype(sch, conv))
         n_, y_, x_, f_, ry_, rx_, rc_ = (int(iv.dom.extent) for iv in stmt.iter_vars)
-        tile = None
         # the widest vector whose multiples divide the channels: on AVX-512 (16 fp32 lanes) a
         # 24-channel conv takes 8-lane (ymm) vectors rather than no schedule at all
-        while tile is None and lanes >= 1:
-            tile = _tile(x_, f_, lanes, shape.vector_registers)
-            if tile is None:
-                lanes = lanes // 2 if lanes > 4 else 0
-        if tile is None:
+        widths = [lanes] + [w for w in (lanes // 2, lanes // 4) if w >= 4]
+        found = next(((w, t) for w in widths if (t := _tile(x_, f_, w, shape.vector_registers))), None)
+        if found is None:
             return None
-        mr, nj = tile
+        lanes, (mr, nj) = found
         nr = nj * lanes
         layout_free = {int(i) for i in (func.attrs or {}).get("layout_free_buffers", [])}
         try:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
-from ..attention_sparse import polarized_attention as _cpu_kernel  # noqa: F401 - the twin's contract
+from ..attention_sparse import kernel_signature
 from ..kernel_attrs import kernel_param, kernel_param_float, named_kernel
 from . import register
 
@@ -70,6 +70,13 @@ def _build(B, H, N, D, NNZ, scale, causal, has_bias, W, emulate):
     def row_loop(extent):
         return T.serial(extent) if emulate else T.thread_binding(extent, thread="threadIdx.y")
 
+    def lanes():
+        """The lanes one program holds: all 32 in turn when emulated, its own one on the GPU."""
+        return T.serial(WARP) if emulate else T.unroll(1)
+
+    def lane_of(li, tx):
+        return li if emulate else tx
+
     def score(part, key_bias, bb, j):
         return part[0] * SCALE + key_bias[bb, j] if has_bias else part[0] * SCALE
 
@@ -104,13 +111,12 @@ def _build(B, H, N, D, NNZ, scale, causal, has_bias, W, emulate):
     @T.macro
     def key(k, v, key_bias, qreg, acc, part, st, bb, hh, i, j, tx):
         """Fold key ``j`` into the row's running softmax (st: m, l, alpha, p)."""
+        for li in lanes():
+            dot(k, qreg, part, bb, hh, j, lane_of(li, tx), li)
         if emulate:
-            for lane in range(WARP):
-                dot(k, qreg, part, bb, hh, j, lane, lane)
             for lane in range(1, WARP):
                 part[0] = part[0] + part[lane]
         else:
-            dot(k, qreg, part, bb, hh, j, tx, 0)
             for o in T.unroll(5):  # butterfly over the warp: every lane gets the sum
                 part[0] = part[0] + T.tvm_warp_shuffle_xor(FULL, part[0], T.shift_left(1, 4 - o), WARP, WARP)
         sc = T.meta_var(score(part, key_bias, bb, j))
@@ -120,11 +126,8 @@ def _build(B, H, N, D, NNZ, scale, causal, has_bias, W, emulate):
             st[0] = T.max(st[0], sc)
             st[3] = T.exp(sc - st[0])
             st[1] = st[1] * st[2] + st[3]
-            if emulate:
-                for lane in range(WARP):
-                    update(v, acc, st, bb, hh, j, lane, lane)
-            else:
-                update(v, acc, st, bb, hh, j, tx, 0)
+            for li in lanes():
+                update(v, acc, st, bb, hh, j, lane_of(li, tx), li)
 
     @T.macro
     def row(q, k, v, key_bias, perm, gcount, indptr, indices, out, bx, ty, tx):
@@ -140,22 +143,16 @@ def _build(B, H, N, D, NNZ, scale, causal, has_bias, W, emulate):
             part = T.alloc_buffer((LN,), "float32", scope="local")
             st = T.alloc_buffer((4,), "float32", scope="local")
             if i < N:  # the same for the whole warp
-                if emulate:
-                    for lane in range(WARP):
-                        load_q(q, qreg, acc, bb, hh, i, lane, lane)
-                else:
-                    load_q(q, qreg, acc, bb, hh, i, tx, 0)
+                for li in lanes():
+                    load_q(q, qreg, acc, bb, hh, i, lane_of(li, tx), li)
                 st[0] = NEG
                 st[1] = ZERO
                 for p in range(gcount[hh]):  # the global keys (the CPU kernel's dense engine)
                     key(k, v, key_bias, qreg, acc, part, st, bb, hh, i, perm[hh, p], tx)
                 for e in range(indptr[hh, i], indptr[hh, i + 1]):  # the row's CSR entries
                     key(k, v, key_bias, qreg, acc, part, st, bb, hh, i, perm[hh, indices[e]], tx)
-                if emulate:
-                    for lane in range(WARP):
-                        store(out, acc, st, bb, hh, i, lane, lane)
-                else:
-                    store(out, acc, st, bb, hh, i, tx, 0)
+                for li in lanes():
+                    store(out, acc, st, bb, hh, i, lane_of(li, tx), li)
 
     @T.macro
     def body(q, k, v, key_bias, perm, gcount, indptr, indices, out):
@@ -167,25 +164,7 @@ def _build(B, H, N, D, NNZ, scale, causal, has_bias, W, emulate):
                     for tx in T.thread_binding(WARP, thread="threadIdx.x"):
                         row(q, k, v, key_bias, perm, gcount, indptr, indices, out, bx, ty, tx)
 
-    if has_bias:
-        @T.prim_func(s_tir=True)
-        def kernel(q: T.Buffer((B, H, N, D), "float32"), k: T.Buffer((B, H, N, D), "float32"),
-                   v: T.Buffer((B, H, N, D), "float32"), key_bias: T.Buffer((B, N), "float32"),
-                   perm: T.Buffer((H, N), "int32"), gcount: T.Buffer((H,), "int32"),
-                   indptr: T.Buffer((H, N + 1), "int32"), indices: T.Buffer((NNZ,), "int32"),
-                   out: T.Buffer((B, H, N, D), "float32")):
-            T.func_attr({"tirx.noalias": True})
-            body(q, k, v, key_bias, perm, gcount, indptr, indices, out)
-    else:
-        @T.prim_func(s_tir=True)
-        def kernel(q: T.Buffer((B, H, N, D), "float32"), k: T.Buffer((B, H, N, D), "float32"),
-                   v: T.Buffer((B, H, N, D), "float32"),
-                   perm: T.Buffer((H, N), "int32"), gcount: T.Buffer((H,), "int32"),
-                   indptr: T.Buffer((H, N + 1), "int32"), indices: T.Buffer((NNZ,), "int32"),
-                   out: T.Buffer((B, H, N, D), "float32")):
-            T.func_attr({"tirx.noalias": True})
-            body(q, k, v, None, perm, gcount, indptr, indices, out)
-    return kernel
+    return kernel_signature(B, H, N, D, NNZ, has_bias, body)
 
 
 __all__ = ["ROWS_PER_BLOCK", "polarized_attention_gpu"]

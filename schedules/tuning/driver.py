@@ -524,9 +524,10 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
     from .database import Verified
 
     tdb.reload_records()
+    wid = {t.name: tdb.workload_index(t.mod) for t in tasks}
     picks = {}  # workload index → [Record]
     for t in tasks:
-        w = tdb.workload_index(t.mod)
+        w = wid[t.name]
         recs = [r for r in tdb.records if r.workload == w and math.isfinite(r.secs) and r.tvm is not None]
         chosen = [r for r in recs if not r.searched][:1] + sorted((r for r in recs if r.searched),
                                                                    key=lambda r: r.secs)[:top]
@@ -541,33 +542,33 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
     cands = [r.tvm.as_measure_candidate() for r in flat]
     built = comps["builder"].build([ms.builder.BuilderInput(c.sch.mod, tvm_target) for c in cands])
     device = "cuda" if tvm_target.kind.name == "cuda" else "cpu"
-    inputs, owner = [], []
+    inputs, owner = [], []  # owner: the record line each run times
     for _ in range(rounds):
-        for i, (c, b) in enumerate(zip(cands, built)):
+        for r, c, b in zip(flat, cands, built):
             if b.error_msg is None:
                 inputs.append(ms.runner.RunnerInput(b.artifact_path, device, c.args_info))
-                owner.append(i)
+                owner.append(r.line)
     log(f"verifying {len(picks)} task(s): {len(inputs)} side-by-side runs of their default and best records")
     samples: dict[int, list[float]] = {}
     try:
-        for i, fut in zip(owner, comps["runner"].run(inputs)):
+        for line, fut in zip(owner, comps["runner"].run(inputs)):
             res = fut.result()
             if res.error_msg is None and res.run_secs:
-                samples.setdefault(i, []).extend(float(s) for s in res.run_secs)
+                samples.setdefault(line, []).extend(float(s) for s in res.run_secs)
     finally:
         for b in built:
             if b.error_msg is None:
                 remove_build_dir(b.artifact_path)
     entries = []
     for w, chosen in picks.items():
-        secs = {r.line: samples[flat.index(r)] for r in chosen if flat.index(r) in samples}
+        secs = {r.line: samples[r.line] for r in chosen if r.line in samples}
         if len(secs) >= 2 or (len(secs) == 1 and not tdb.verified.get(w)):
             entries.append(Verified(w, secs))
     if entries:
         tdb.save_verified(entries)
     if curve is not None:
         for t in tasks:
-            w = tdb.workload_index(t.mod)
+            w = wid[t.name]
             if w in picks and w in tdb.verified:
                 _curve_verified(curve, t, tdb, tdb.verified[w])
     return entries
