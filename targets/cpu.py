@@ -118,9 +118,36 @@ def _gelu_tanh(bb: relax.BlockBuilder, call: relax.Call):
 
 
 def _softmax(bb: relax.BlockBuilder, call: relax.Call):
-    if call.args[0].ty.dtype != "float32":
+    x = call.args[0]
+    if x.ty.dtype != "float32":
         return None
-    return bb.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis, primfunc_name_hint="softmax")
+    ragged = _ragged_rows(x, int(call.attrs.axis))
+    if ragged:  # rows the vector width does not divide: the written-out kernel
+        from ..schedules.softmax import softmax_ragged
+
+        gv = bb.add_func(softmax_ragged(ragged[0], ragged[1]), "softmax_ragged")
+        return relax.call_tir(gv, [x], call.ty)
+    return bb.call_te(topi.nn.fast_softmax, x, call.attrs.axis, primfunc_name_hint="softmax")
+
+
+def _ragged_rows(x: relax.Expr, axis: int):
+    """(static shape, lanes) when softmax over ``axis`` runs along rows whose length is no
+    multiple of the float32 vector width of the current target (RowReduction leaves those
+    scalar); None otherwise."""
+    from ..schedules.cpu.base import cpu_shape
+
+    shape = getattr(x.ty, "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None or not all(isinstance(v, tirx.IntImm) for v in values):
+        return None
+    dims = [int(v) for v in values]
+    if not dims or axis not in (-1, len(dims) - 1):
+        return None
+    target = Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return None
+    lanes = cpu_shape(target).lanes("float32")
+    return (dims, lanes) if dims[-1] > lanes and dims[-1] % lanes else None
 
 
 def _sigmoid(bb: relax.BlockBuilder, call: relax.Call):
