@@ -1,12 +1,17 @@
 """How well do cost models rank schedules of tasks they never saw? Ours vs TVM's vs random.
 
-    python -m accelc.benchmarks.bench_cost_model [--ablation] [--online 32] [--collect | --remeasure]
+    python -m accelc.benchmarks.bench_cost_model [--target cpu|sim] [--ablation] [--online 32]
+                                                 [--collect | --remeasure]
 
 Records: ``benchmarks/data/costmodel/<task>/`` (MetaSchedule JSON databases, gzipped; see
 ``accelc.schedules.tuning.dataset``): 16 zoo tasks x 96 candidates. ``--collect`` samples and
 times new ones (about 1 s per candidate on a quiet machine; resumable, cached in
 ``~/.cache/accelc/costmodel``), ``--remeasure`` times the stored ones again; both run at raised
 scheduling priority and keep the fastest of 15 single runs.
+
+``--target sim``: the simulated accelerator's tasks (``bench_tuning.SIM_TASKS``, the int8 GEMMs
+the zoo offloads), records in ``benchmarks/data/costmodel-sim/``, candidates from the sim design
+space timed by the sim runner: cycles, deterministic, so the labels carry no timing noise.
 
 Leave-one-task-out: for each task, a model is trained on the records of all other tasks and
 ranks the held-out task's candidates. Metrics per held-out task (valid candidates only):
@@ -35,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parent / "data" / "costmodel"
+DATA_SIM = Path(__file__).resolve().parent / "data" / "costmodel-sim"
 CACHE = Path(os.path.expanduser("~/.cache/accelc/costmodel"))
 
 
@@ -69,15 +75,15 @@ def metrics(latency, score) -> dict:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def load(data_dir: Path, only=None):
+def load(data_dir: Path, only=None, kind: str = "llvm"):
     """Records of every task, with ``x``: ``AccelcFeatures`` aggregated as "stats" (per-store
     mean, max, min; store count; target features), cached per task. ``_as`` narrows it."""
     from accelc.schedules.tuning import dataset
     from accelc.schedules.tuning.cost_model import aggregate
-    from accelc.schedules.tuning.features import AccelcFeatures, PER_STORE_LENGTH
+    from accelc.schedules.tuning.features import FEATURE_VERSION, AccelcFeatures, PER_STORE_LENGTH
 
-    ext = AccelcFeatures("llvm")
-    tag = hashlib.sha1(json.dumps(ext.names).encode()).hexdigest()[:8]
+    ext = AccelcFeatures(kind)
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, ext.names]).encode()).hexdigest()[:8]
     tasks = dataset.load_all(data_dir, only=only)
     n_target = len(ext.names) - PER_STORE_LENGTH
     for t in tasks:
@@ -95,6 +101,32 @@ def load(data_dir: Path, only=None):
 
 def _records_hash(task) -> str:
     return hashlib.sha1(np.asarray(task.latency, "float64").tobytes()).hexdigest()[:8]
+
+
+def collect_sim(work: Path, trials: int, only=None, log=print) -> None:
+    """Random-search records of the sim tasks (resumable, like ``dataset.collect_all``)."""
+    from types import SimpleNamespace
+
+    import tvm
+
+    from accelc.benchmarks.bench_tuning import SIM_TASKS
+    from accelc.schedules.tuning import dataset
+    from accelc.targets.sim import offload
+    from accelc.targets.sim.tensorize import workload
+    from accelc.targets.sim.tuning import tuning_components
+
+    cfg = offload.default_config()
+    comps = tuning_components(cfg)
+    for name, m, k, n in SIM_TASKS:
+        if only and name not in only:
+            continue
+        have, t0 = dataset.task_dir_count(work / name), time.perf_counter()
+        if have < trials:
+            task = SimpleNamespace(dispatched=[tvm.IRModule({"main": workload("gemm", m, k, n, 1, cfg)})],
+                                   target=comps["target"])
+            have = dataset.collect_task(name, task, work, trials - have, seed=have, builder=comps["builder"],
+                                        runner=comps["runner"], space=comps["space"])
+        log(f"{name}: {have} records ({time.perf_counter() - t0:.0f} s)")
 
 
 # -- models under test --------------------------------------------------------------------------
@@ -229,7 +261,9 @@ def print_table(title: str, table: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DATA, help="task databases (default: the repo's)")
+    ap.add_argument("--target", choices=("cpu", "sim"), default="cpu",
+                    help="whose tasks: the CPU's (timed) or the simulated accelerator's (cycles)")
+    ap.add_argument("--data", type=Path, default=None, help="task databases (default: the repo's)")
     ap.add_argument("--collect", action="store_true", help="sample and time new records (slow, ~30 min)")
     ap.add_argument("--remeasure", action="store_true", help="time the stored records again (slow)")
     ap.add_argument("--trials", type=int, default=96, help="candidates per task when collecting")
@@ -237,11 +271,25 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", action="store_true", help="also other objectives and feature sets")
     ap.add_argument("--online", type=int, default=0, metavar="K",
                     help="also rank with K of the held-out task's own records known (warm start)")
-    ap.add_argument("--out", type=Path, default=DATA / "results.json", help="JSON results")
+    ap.add_argument("--out", type=Path, default=None, help="JSON results (default: DATA/results.json)")
     args = ap.parse_args(argv)
+    sim = args.target == "sim"
+    args.data = args.data or (DATA_SIM if sim else DATA)
+    args.out = args.out or args.data / "results.json"
+    kind = "sim" if sim else "llvm"
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     only = args.tasks.split(",") if args.tasks else None
-    if args.collect or args.remeasure:
+    if sim and args.remeasure:
+        from accelc.errors import UsageError
+
+        raise UsageError("--remeasure: sim records are simulated cycles; timing them again changes nothing")
+    if sim and args.collect:
+        from accelc.schedules.tuning import dataset
+
+        work = CACHE / "sim-db"
+        collect_sim(work, args.trials, only)
+        dataset.pack(work, args.data, only=only)
+    elif args.collect or args.remeasure:
         from accelc.schedules.tuning import dataset
         from accelc.targets import cpu
 
@@ -254,14 +302,23 @@ def main(argv=None) -> int:
                 dataset.remeasure(args.data / name, work)
         dataset.pack(work, args.data, only=only)
     t0 = time.perf_counter()
-    tasks = load(args.data, only=only)
+    tasks = load(args.data, only=only, kind=kind)
     print(f"{len(tasks)} tasks, {sum(len(t.candidates) for t in tasks)} records "
           f"({sum(int(t.valid.sum()) for t in tasks)} valid), features in {time.perf_counter() - t0:.0f} s")
 
     from accelc.schedules.tuning.features import CPU_NAMES, PER_STORE_LENGTH
 
-    models = {"ours": ours, "tvm-xgb": tvm_xgb, "random": random_model}
-    if args.ablation:
+    models = {"ours": (lambda tr, te: ours(tr, te, target_kind="sim")) if sim else ours,
+              "tvm-xgb": tvm_xgb, "random": random_model}
+    if sim:
+        from accelc.schedules.tuning.features import PER_STORE_LENGTH as P
+        from accelc.schedules.tuning.features import SIM_EXACT_NAMES, feature_names
+
+        # columns after `_as`: per-store means, the store count, then the target features
+        no_exact = list(range(P + 1)) + [P + 1 + i for i, n in enumerate(feature_names("sim")[P:])
+                                         if n not in SIM_EXACT_NAMES]
+        models["ours-no-exact-sim"] = lambda tr, te: ours(tr, te, target_kind="sim", cols=no_exact)
+    if args.ablation and not sim:
         psf_only = list(range(PER_STORE_LENGTH + 1))
         target_only = list(range(PER_STORE_LENGTH + 1, PER_STORE_LENGTH + 1 + len(CPU_NAMES)))
         models.update({

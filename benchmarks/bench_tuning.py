@@ -161,17 +161,25 @@ def search(func, comps: dict, model, seed: int, trials: int, batch: int) -> list
 
 
 def run(target: str, n_tasks: int, trials: int, seeds: int, batch: int, models=MODELS, only=(),
-        log=print) -> dict:
+        log=print, reuse: dict | None = None) -> dict:
     """Every task (the first ``n_tasks``, or those named in ``only``) × model × seed searched;
-    the summary, the raw curves and timings."""
+    the summary, the raw curves and timings. ``reuse``: an earlier run's results for this
+    target (sim only: its runner is deterministic, so a model's curves do not change unless
+    the model does); the curves of models it holds and ``models`` does not name are taken
+    from it instead of searched again."""
     names = [t[0] for t in SIM_TASKS] if target == "sim" else list(CPU_TASKS)
     unknown = [o for o in only if o not in names]
     if unknown:
         raise UsageError(f"unknown {target} task(s) {', '.join(unknown)}; known: {', '.join(names)}")
     tasks, comps, kind = (sim_setup if target == "sim" else cpu_setup)(list(only) or names[:n_tasks])
+    reused = _reusable(reuse, target, [t[0] for t in tasks], trials, seeds, batch, models)
     runs, seconds = {}, {}
     for name, func in tasks:
         runs[name], seconds[name] = {}, {}
+        for m, curves in reused.get(name, {}).items():
+            runs[name][m] = curves
+            seconds[name][m] = reuse["seconds"][name][m]
+            log(f"  {target} {name:22s} {m:10s} curves reused from the earlier run")
         for m in models:
             runs[name][m], t0 = {}, time.perf_counter()
             for seed in range(seeds):
@@ -180,10 +188,30 @@ def run(target: str, n_tasks: int, trials: int, seeds: int, batch: int, models=M
             best = min(min(v) for v in runs[name][m].values())
             log(f"  {target} {name:22s} {m:10s} best {best * 1e6:10.2f} µs  ({seconds[name][m]} s)")
     out = summarize(runs, trials)
-    out.update(target=target, seeds=seeds, batch=batch, models=list(models), seconds=seconds,
+    all_models = list(models) + [m for m in next(iter(reused.values()), {}) if m not in models]
+    out.update(target=target, seeds=seeds, batch=batch, models=all_models, seconds=seconds,
+               reused=sorted(next(iter(reused.values()), {})),
                curves={t: {m: {str(s): list(v) for s, v in d.items()} for m, d in by_m.items()}
                        for t, by_m in runs.items()})
     return out
+
+
+def _reusable(reuse, target, names, trials, seeds, batch, models) -> dict:
+    """``{task: {model: {seed: [latency]}}}`` to take from ``reuse`` (see ``run``)."""
+    if not reuse:
+        return {}
+    if target != "sim":
+        raise UsageError("--reuse: only sim curves are deterministic; CPU timings must be taken side by side")
+    same = (reuse.get("trials"), reuse.get("seeds"), reuse.get("batch")) == (trials, seeds, batch)
+    missing = [n for n in names if n not in reuse.get("curves", {})]
+    if not same or missing:
+        raise UsageError(f"--reuse: the earlier run had trials/seeds/batch {reuse.get('trials')}/"
+                         f"{reuse.get('seeds')}/{reuse.get('batch')} and no curves for "
+                         f"{', '.join(missing) or 'nothing missing'}; this run asks {trials}/{seeds}/{batch}")
+    inf = math.inf
+    return {n: {m: {int(s): [inf if v is None else v for v in c] for s, c in by_seed.items()}
+                for m, by_seed in reuse["curves"][n].items() if m not in models}
+            for n in names}
 
 
 def table(res: dict) -> str:
@@ -213,6 +241,16 @@ def _finite(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
+def _load_reuse(path: Path, target: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--reuse {path}: cannot read it ({err})") from None
+    if target not in data:
+        raise UsageError(f"--reuse {path}: no {target} results in it")
+    return data[target]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m accelc.benchmarks.bench_tuning", description=__doc__.split("\n")[0])
     ap.add_argument("--target", choices=("sim", "cpu", "both"), default="sim")
@@ -224,6 +262,8 @@ def main(argv=None) -> int:
                     help="cost models (default: xgb tvm-xgb random); xgb is the reference")
     ap.add_argument("--only", nargs="+", default=[], help="these task names instead of the first --tasks")
     ap.add_argument("--json", type=Path, help="write the results (and every run's curve) here")
+    ap.add_argument("--reuse", type=Path, help="sim only: take the curves of models not in --models from "
+                    "this earlier --json (the sim runner is deterministic)")
     args = ap.parse_args(argv)
     limit = {"sim": len(SIM_TASKS), "cpu": len(CPU_TASKS)}
     for t in (["sim", "cpu"] if args.target == "both" else [args.target]):
@@ -237,8 +277,9 @@ def main(argv=None) -> int:
     for t in (["sim", "cpu"] if args.target == "both" else [args.target]):
         trials = args.trials or (96 if t == "sim" else 32)
         seeds = args.seeds or (3 if t == "sim" else 1)
+        reuse = _load_reuse(args.reuse, t) if args.reuse else None
         results[t] = run(t, args.tasks, trials, seeds, args.batch, args.models, args.only,
-                         log=lambda s: print(s, flush=True))
+                         log=lambda s: print(s, flush=True), reuse=reuse)
         print("\n" + table(results[t]) + "\n", flush=True)
     if args.json:
         from accelc.fileio import atomic_write

@@ -40,3 +40,24 @@ def test_a_tiny_sim_run_produces_a_row():
     assert "gpt2_qkv" in bt.table(res) and "geomean ratio to xgb" in bt.table(res)
     with pytest.raises(UsageError, match="unknown sim task"):
         bt.run("sim", 1, 4, 1, 4, only=("nope",))
+
+
+def test_reuse_takes_curves_of_models_not_searched_again(tmp_path):
+    """--reuse: the sim runner is deterministic, so an earlier run's curves of the models not
+    named stand in for them; a mismatched run or a CPU benchmark is refused."""
+    import json
+
+    first = bt.run("sim", 1, trials=4, seeds=1, batch=4, models=("xgb", "random"), only=("gpt2_qkv",),
+                   log=lambda _: None)
+    saved = json.loads(json.dumps(bt._finite(first)))
+    logs = []
+    again = bt.run("sim", 1, trials=4, seeds=1, batch=4, models=("xgb",), only=("gpt2_qkv",),
+                   log=logs.append, reuse=saved)
+    assert again["curves"]["gpt2_qkv"]["random"] == first["curves"]["gpt2_qkv"]["random"]
+    assert again["curves"]["gpt2_qkv"]["xgb"] == first["curves"]["gpt2_qkv"]["xgb"]  # same seed, same search
+    assert again["models"] == ["xgb", "random"] and again["reused"] == ["random"]
+    assert any("reused" in line for line in logs)
+    with pytest.raises(UsageError, match="trials/seeds/batch"):
+        bt.run("sim", 1, trials=8, seeds=1, batch=4, models=("xgb",), only=("gpt2_qkv",), reuse=saved)
+    with pytest.raises(UsageError, match="only sim"):
+        bt._reusable(saved, "cpu", ["gpt2_qkv"], 4, 1, 4, ("xgb",))

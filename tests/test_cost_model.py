@@ -127,13 +127,48 @@ def test_extractor_appends_target_features_to_every_store_row(monkeypatch):
     np.testing.assert_allclose(rows[:, F.PER_STORE_LENGTH:], np.broadcast_to(want, (len(rows), len(want))), rtol=1e-6)
 
     # the sim target plugs in its own features (same names: saved models stay valid)
+    n_sim = len(F.SIM_NAMES) + len(F.SIM_EXACT_NAMES)
     monkeypatch.setitem(F._GROUPS, "sim", F._GROUPS["sim"])
-    F.register_target_features("sim", lambda prog, info: [float(len(prog.blocks))] * len(F.SIM_NAMES))
+    F.register_target_features("sim", lambda prog, info: [float(len(prog.blocks))] * n_sim)
     (rows,) = F.AccelcFeatures("sim", info=F.TargetInfo(kind="sim")).extract_from(ctx, [cand])
-    assert rows.numpy().shape[1] == F.PER_STORE_LENGTH + len(F.CPU_NAMES) + len(F.SIM_NAMES)
-    assert (rows.numpy()[:, -len(F.SIM_NAMES):] == 2.0).all()  # C_init and C_update
+    assert rows.numpy().shape[1] == F.PER_STORE_LENGTH + len(F.CPU_NAMES) + n_sim
+    assert (rows.numpy()[:, -n_sim:] == 2.0).all()  # C_init and C_update
     with pytest.raises(UsageError, match="need names"):
         F.register_target_features("npu", lambda prog, info: [])
+
+
+def test_exact_sim_features_are_the_translators_plan():
+    """For a sim candidate the exact group is ``static_stats`` of its plan on the machine the
+    target names; for a schedule the translator refuses (a CPU loop nest) it is all zeros."""
+    import dataclasses
+    import math
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.targets.sim import offload
+    from accelc.targets.sim.tensorize import workload
+    from accelc.targets.sim.translate import plan, static_stats
+    from accelc.targets.sim.tuning import tuning_components
+
+    base = offload.default_config()
+    cfg = dataclasses.replace(base, array=dataclasses.replace(base.array, rows=16, cols=16))  # not the default
+    comps = tuning_components(cfg)
+    func = workload("gemm", 64, 96, 128, 1, cfg)
+    ctx = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=comps["target"],
+                         space_generator=comps["space"], rand_state=3)
+    sch = ctx.generate_design_space()[0]
+    info = F.target_info(comps["target"], kind="sim")
+    assert info.extra["sim_model"] == str(comps["target"].attrs["model"])
+    got = dict(zip(F.SIM_EXACT_NAMES, F.sim_exact_features(F.parse(sch.mod), info)))
+    st = static_stats(plan(sch.mod, cfg, check_fit=False), cfg)
+    assert got["simx_planned"] == 1.0
+    assert got["simx_log_compute_cycles"] == pytest.approx(math.log2(st["compute_cycles"] + 1))
+    dma = st["dma_bytes"] / cfg.dram.bandwidth_bytes_per_cycle + st["dma_latency_cycles"]
+    assert got["simx_log_bound"] == pytest.approx(math.log2(max(st["compute_cycles"], dma) + 1))
+    assert got["simx_map_eff"] == pytest.approx(st["mapping_efficiency"]) and 0 < got["simx_map_eff"] <= 1
+    on_default = static_stats(plan(sch.mod, base, check_fit=False), base)
+    assert on_default["compute_cycles"] != st["compute_cycles"]  # so the features used the named machine
+    assert F.sim_exact_features(F.parse(_tiled(8).mod), info) == [0.0] * len(F.SIM_EXACT_NAMES)
 
 
 # -- the model on measured records --------------------------------------------------------------

@@ -122,14 +122,16 @@ def measure_runner(repeat: int = 15, timeout_sec: float = 60):
 
 
 def collect_task(label: str, task, work_dir: Path, trials: int, seed: int = 0,
-                 builder=None, runner=None, num_trials_per_iter: int = 32) -> int:
-    """Tune ``task`` for ``trials`` more candidates with a random cost model; every measured
-    candidate lands in ``work_dir/label`` as a JSON database. Returns its record count."""
+                 builder=None, runner=None, num_trials_per_iter: int = 32, space="post-order-apply") -> int:
+    """Tune ``task`` (an ``ExtractedTask``, or anything with ``dispatched[0]`` and ``target``)
+    for ``trials`` more candidates with a random cost model; every measured candidate lands in
+    ``work_dir/label`` as a JSON database. Returns its record count."""
     from tvm.s_tir import meta_schedule as ms
 
     from . import load_intrinsics, local_builder
 
-    load_intrinsics("llvm")
+    if space == "post-order-apply":
+        load_intrinsics("llvm")
     out = Path(work_dir) / label
     out.mkdir(parents=True, exist_ok=True)
     # A small population and one genetic round: with a random cost model the full-size
@@ -137,7 +139,7 @@ def collect_task(label: str, task, work_dir: Path, trials: int, seed: int = 0,
     # mutants of the best measured ones.
     strategy = ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=32,
                                                      genetic_num_iters=1)
-    ctx = ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
+    ctx = ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
                          search_strategy=strategy, task_name=label, rand_state=seed, num_threads="physical")
     db = ms.database.JSONDatabase(work_dir=str(out))
     ms.tune.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=str(out), max_trials_global=trials,
@@ -254,13 +256,19 @@ def load_task(task_dir: Path) -> TaskRecords:
 
     from . import load_intrinsics
 
-    load_intrinsics("llvm")
     db = open_database(task_dir)
     records = list(db.get_all_tuning_records())
     if not records:
         raise UsageError(f"{task_dir}: no tuning records")
     workload = records[0].workload
     target = records[0].target
+    if "accel-sim" in [str(k) for k in target.keys]:  # the sim machine's intrinsics, for the traces
+        from ...targets.sim.offload import default_config
+        from ...targets.sim.tuning import tuning_components
+
+        tuning_components(default_config())
+    else:
+        load_intrinsics("llvm")
     ctx = ms.TuneContext(mod=workload.mod, target=target, task_name=Path(task_dir).name)
     cands, lat, secs = [], [], []
     for rec in records:

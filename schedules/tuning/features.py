@@ -10,7 +10,10 @@ those, computed from the scheduled TIR and the target, to every per-store row.
 Target features come in groups: ``cpu`` (every target runs some kernels on the host) and one
 per accelerator kind. The ``sim`` group is computed generically from loop extents and buffer
 regions (tile counts, DMA bytes, PE-array mapping efficiency, shift vs multiply ops);
-``register_target_features("sim", fn, names)`` lets the sim target plug in exact ones.
+A second ``sim`` set is exact: the plan the sim translator would emit for the candidate
+(``targets.sim.translate.static_stats``: compute cycles, DMA bytes, transfers and their latency,
+PE-array folds, scratchpad fill), computed from the schedule without translating or running it.
+``register_target_features(kind, fn, names)`` plugs in other targets' features.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3  # 3: the exact sim features
 PER_STORE_LENGTH = 164
 _LAYOUT_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
@@ -86,6 +89,7 @@ class Program:
     io_bytes: float
     scratch_bytes: float  # buffers the schedule allocates (cache stages, rfactor), not weights
     scope_bytes: dict = field(default_factory=dict)  # scratch bytes per storage scope (shared, local, wmma.*)
+    mod: object = None  # the scheduled module itself, for feature functions that need more
 
 
 @dataclass
@@ -146,7 +150,7 @@ def parse(mod) -> Program:
         if b.name not in packed:
             scope = b.scope()
             scopes[scope] = scopes.get(scope, 0.0) + _buffer_bytes(b)
-    return Program(blocks, float(io), float(scratch), scopes)
+    return Program(blocks, float(io), float(scratch), scopes, mod)
 
 
 def _buffer_bytes(buf) -> int:
@@ -504,6 +508,42 @@ def sim_features(prog: Program, info: TargetInfo) -> list[float]:
             shifts / max(shifts + muls, 1), math.log2(shifts + 1), math.log2(muls + 1)]
 
 
+SIM_EXACT_NAMES = ("simx_planned", "simx_log_compute_cycles", "simx_log_dma_cycles", "simx_log_bound",
+                   "simx_log_serial", "simx_compute_frac", "simx_log_dma_bytes", "simx_log_transfers",
+                   "simx_log_instructions", "simx_map_eff", "simx_log_tiles", "simx_ifmap_fill",
+                   "simx_weight_fill", "simx_acc_fill")
+
+
+def sim_exact_features(prog: Program, info: TargetInfo) -> list[float]:
+    """What the sim translator's plan of this candidate does (``static_stats``), on the machine
+    the tuning target names (``info.extra["sim_model"]``; the default machine otherwise): compute
+    cycles, DMA cycles (bytes over the DRAM bandwidth plus each transfer's latency), their max
+    (the double-buffered bound) and sum, DMA bytes and transfers, instructions, PE-array mapping
+    efficiency, tiles, scratchpad fill. A candidate the translator would refuse: all zeros."""
+    if prog.mod is None:
+        return [0.0] * len(SIM_EXACT_NAMES)
+    from ...errors import AccelcError
+    from ...targets.sim.translate import plan, static_stats
+    from ...targets.sim.tuning import config_for_model
+
+    cfg = config_for_model(info.extra.get("sim_model"))
+    try:
+        st = static_stats(plan(prog.mod, cfg, check_fit=False), cfg)
+    except (AccelcError, ValueError, KeyError, IndexError, ZeroDivisionError):
+        return [0.0] * len(SIM_EXACT_NAMES)
+    compute = st["compute_cycles"]
+    dma = st["dma_bytes"] / cfg.dram.bandwidth_bytes_per_cycle + st["dma_latency_cycles"]
+    log = lambda v: math.log2(v + 1.0)  # noqa: E731
+    return [1.0, log(compute), log(dma), log(max(compute, dma)), log(compute + dma),
+            compute / max(compute + dma, 1.0), log(st["dma_bytes"]), log(st["dma_transfers"]),
+            log(st["instructions"]), st["mapping_efficiency"],
+            log(st["tiles_m"] * st["tiles_k"] * st["tiles_n"]), st["ifmap_fill"], st["weight_fill"], st["acc_fill"]]
+
+
+def sim_all_features(prog: Program, info: TargetInfo) -> list[float]:
+    return list(sim_features(prog, info)) + sim_exact_features(prog, info)
+
+
 # -- registry -----------------------------------------------------------------------------------
 FeatureFn = Callable[[Program, TargetInfo], Sequence[float]]
 CUDA_NAMES = ("gpu_log_threads", "gpu_warp_multiple", "gpu_log_blocks", "gpu_waves", "gpu_wave_fill",
@@ -537,7 +577,7 @@ def cuda_features(prog: Program, info: TargetInfo) -> list[float]:
 
 _GROUPS: dict[str, tuple[tuple[str, ...], FeatureFn]] = {
     "cpu": (CPU_NAMES, cpu_features),
-    "sim": (SIM_NAMES, sim_features),
+    "sim": (SIM_NAMES + SIM_EXACT_NAMES, sim_all_features),
     "cuda": (CUDA_NAMES, cuda_features),
 }
 
@@ -592,6 +632,8 @@ def target_info(target=None, kind: str | None = None, **overrides) -> TargetInfo
         elif has("neon") or has("sse2"):
             info.vector_bits, info.vector_regs = 128, 16 if has("sse2") else 32
     info.kind = kind or "cpu"
+    if target is not None and "accel-sim" in [str(k) for k in target.keys]:
+        info.extra["sim_model"] = str(target.attrs.get("model", ""))
     for key, value in overrides.items():
         setattr(info, key, value)
     return info

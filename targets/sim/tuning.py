@@ -32,14 +32,17 @@ from .tensorize import (
 )
 from .translate import plan, static_stats, translate
 
+_CONFIGS: dict[str, MachineConfig] = {}  # target model (accelc-sim-<digest>) → machine being tuned
+
 
 def sim_target(cfg: MachineConfig):
     """The TVM target sim tasks are tuned for: llvm-kind (MetaSchedule's plumbing wants one),
     keyed ``accel-sim``, the machine's digest as its model."""
     from tvm.target import Target
 
-    return Target({"kind": "llvm", "keys": ["accel-sim", "cpu"], "num-cores": 1,
-                   "model": f"accelc-sim-{config_digest(cfg)}"})
+    model = f"accelc-sim-{config_digest(cfg)}"
+    _CONFIGS[model] = cfg
+    return Target({"kind": "llvm", "keys": ["accel-sim", "cpu"], "num-cores": 1, "model": model})
 
 
 def default_tiles(cfg: MachineConfig, m: int, k: int, n: int, a_bytes: int = 4) -> tuple[int, int, int]:
@@ -182,6 +185,12 @@ def sim_runner(cfg: MachineConfig):
     return _classes()[1](cfg)
 
 
+def config_for_model(model: str | None) -> MachineConfig:
+    """The machine a sim tuning target names (registered by :func:`sim_target`); the default
+    machine for an unknown name."""
+    return _CONFIGS.get(model or "") or MachineConfig()
+
+
 def tuning_components(cfg: MachineConfig) -> dict:
     """``space`` / ``builder`` / ``runner`` / ``task_filter`` / ``target`` for tuning sim tasks
     on machine ``cfg`` (pass the first three and the target to ``ms.tune_tir``), and
@@ -210,5 +219,5 @@ def sim_features(sch, cfg: MachineConfig | None = None) -> dict:
     return static_stats(plan(sch.mod if hasattr(sch, "mod") else sch, cfg, check_fit=False), cfg)
 
 
-__all__ = ["default_schedule", "default_tiles", "program_for", "sim_builder", "sim_features", "sim_runner",
+__all__ = ["config_for_model", "default_schedule", "default_tiles", "program_for", "sim_builder", "sim_features", "sim_runner",
            "sim_target", "task_filter", "tuned_schedule", "tuning_components"]
