@@ -241,6 +241,34 @@ def _finite(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
+def merge(results: list, labels: list) -> dict:
+    """Several sim runs' curves side by side (see ``--merge``)."""
+    first = results[0]
+    shape = lambda r: (r.get("trials"), r.get("seeds"), r.get("batch"), sorted(r.get("curves", {})))  # noqa: E731
+    runs, seconds, models = {}, {}, []
+    for res, label in zip(results, labels):
+        if shape(res) != shape(first):
+            raise UsageError(f"--merge {label}: trials/seeds/batch/tasks {shape(res)} differ from {shape(first)}")
+        for task, by_model in res["curves"].items():
+            for m, by_seed in by_model.items():
+                if m in runs.get(task, {}):
+                    raise UsageError(f"--merge {label}: model {m} is in two of the files")
+                runs.setdefault(task, {})[m] = {int(k): [math.inf if v is None else v for v in c]
+                                                for k, c in by_seed.items()}
+                seconds.setdefault(task, {})[m] = res["seconds"][task][m]
+                if m not in models:
+                    models.append(m)
+    if "xgb" not in models:
+        raise UsageError("--merge: no file holds the xgb reference")
+    models = ["xgb"] + [m for m in models if m != "xgb"]
+    runs = {t: {m: by_m[m] for m in models} for t, by_m in runs.items()}
+    out = summarize(runs, first["trials"])
+    out.update(target="sim", seeds=first["seeds"], batch=first["batch"], models=models, seconds=seconds,
+               merged=labels, curves={t: {m: {str(s): list(v) for s, v in d.items()} for m, d in by_m.items()}
+                                      for t, by_m in runs.items()})
+    return out
+
+
 def _load_reuse(path: Path, target: str) -> dict:
     try:
         data = json.loads(Path(path).read_text())
@@ -264,7 +292,19 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the results (and every run's curve) here")
     ap.add_argument("--reuse", type=Path, help="sim only: take the curves of models not in --models from "
                     "this earlier --json (the sim runner is deterministic)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="sim only: search nothing; put the curves of these earlier --json runs (same "
+                         "tasks, trials, seeds, batch; each model in one file) side by side and print the table")
     args = ap.parse_args(argv)
+    if args.merge:
+        res = merge([_load_reuse(p, "sim") for p in args.merge], [str(p) for p in args.merge])
+        print(table(res))
+        if args.json:
+            from accelc.fileio import atomic_write
+
+            text = json.dumps(_finite({"sim": res}), indent=1)
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        return 0
     limit = {"sim": len(SIM_TASKS), "cpu": len(CPU_TASKS)}
     for t in (["sim", "cpu"] if args.target == "both" else [args.target]):
         if not 1 <= args.tasks <= limit[t]:

@@ -61,3 +61,26 @@ def test_reuse_takes_curves_of_models_not_searched_again(tmp_path):
         bt.run("sim", 1, trials=8, seeds=1, batch=4, models=("xgb",), only=("gpt2_qkv",), reuse=saved)
     with pytest.raises(UsageError, match="only sim"):
         bt._reusable(saved, "cpu", ["gpt2_qkv"], 4, 1, 4, ("xgb",))
+
+
+def test_merge_puts_runs_side_by_side(tmp_path):
+    import json
+
+    def res(models, trials=4):
+        curves = {"t": {m: {"0": [4.0, 2.0, 1.0, 1.0][:trials]} for m in models}}
+        return {"trials": trials, "seeds": 1, "batch": 4, "curves": curves,
+                "seconds": {"t": {m: 1.0 for m in models}}}
+
+    merged = bt.merge([res(["xgb"]), res(["tvm-xgb", "random"])], ["a", "b"])
+    assert merged["models"] == ["xgb", "tvm-xgb", "random"] and merged["tasks"]["t"]["mean"]["xgb"] == 3.0
+    assert "geomean ratio to xgb" in bt.table(merged)
+    with pytest.raises(UsageError, match="model xgb is in two"):
+        bt.merge([res(["xgb"]), res(["xgb"])], ["a", "b"])
+    with pytest.raises(UsageError, match="differ"):
+        bt.merge([res(["xgb"]), res(["random"], trials=3)], ["a", "b"])
+    with pytest.raises(UsageError, match="xgb reference"):
+        bt.merge([res(["random"])], ["a"])
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"sim": res(["xgb", "random"])}))
+    assert bt.main(["--merge", str(path), "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["sim"]["models"] == ["xgb", "random"]
