@@ -241,6 +241,36 @@ def test_compile_applies_the_side_by_side_winner_not_the_fastest_stored_time(tun
     assert _query(database.open_database(db, target), target) == by_line[fastest_stored]
 
 
+def test_verification_with_one_surviving_candidate_saves_nothing(tuned, tmp_path):
+    """When only one of a task's candidates builds, there is nothing to compare: no entry is
+    written (it would make compile --db apply that record and hide the others)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.schedules.tuning import database, driver, load_intrinsics
+    from accelc.targets import cpu
+
+    load_intrinsics("llvm")
+    target = cpu.host_target()
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    (db / VERIFIED).unlink()
+    tdb = database.open_database(db, target)
+    real = driver.components("cpu", target)
+
+    class OneBuilds:
+        def build(self, inputs):
+            out = real["builder"].build(inputs[:1])
+            return out + [ms.builder.BuilderResult(None, "refused by the test") for _ in inputs[1:]]
+
+    task = driver.Task(name=TASK, mod=tdb.workloads[0].mod, weight=1, flops=1.0)
+    comps = {**real, "builder": OneBuilds()}
+    assert driver.verify_best([task], tdb, target, comps, log=lambda _: None, rounds=1) == []
+    assert not (db / VERIFIED).exists() and not tdb.verified
+    # with every candidate built, the entry is written
+    entries = driver.verify_best([task], tdb, target, real, log=lambda _: None, rounds=1)
+    assert len(entries) == 1 and len(entries[0].secs) == 4 and (db / VERIFIED).exists()
+
+
 @pytest.mark.parametrize("case", ["not json", "unknown line", "other workload"])
 def test_corrupt_verification_is_refused_untouched(tuned, tmp_path, capsys, case):
     db = tmp_path / "db"

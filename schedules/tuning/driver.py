@@ -517,7 +517,9 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
     one runner call that runs the candidates in ``rounds`` interleaved rounds, so they share the
     machine's state. The samples go to ``accelc_verified.json`` (``compile --db`` applies the
     lowest median) and, as "verified", into the curve. A task whose candidates were verified
-    before is skipped. Returns the new ``Verified`` entries."""
+    before is skipped, and so is one where fewer than two candidates built and ran (an entry of
+    one record would hide the task's other records from ``compile --db``). Returns the new
+    ``Verified`` entries."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import remove_build_dir
 
@@ -562,7 +564,7 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
     entries = []
     for w, chosen in picks.items():
         secs = {r.line: samples[r.line] for r in chosen if r.line in samples}
-        if len(secs) >= 2 or (len(secs) == 1 and not tdb.verified.get(w)):
+        if len(secs) >= 2:  # one survivor compares with nothing: the task keeps stock behaviour
             entries.append(Verified(w, secs))
     if entries:
         tdb.save_verified(entries)
