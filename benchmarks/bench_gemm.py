@@ -11,7 +11,11 @@ fp32 default.
 
 Each round times every contender back to back (≥ ``--budget`` seconds of calls each), so
 machine noise hits all alike; the table shows medians over rounds, GFLOP/s and the ratio to
-NumPy. NumPy's BLAS threads are limited with threadpoolctl when it is installed; otherwise
+NumPy. Between two contenders the benchmark sleeps ``--pause`` seconds: after a call,
+OpenBLAS's worker threads spin for a while (up to ~0.1 s by default) and TVM's thread pool
+briefly too, and on a 2-core machine a spinning thread takes half of the next contender's
+cores (measured on the AVX-512 host: accelc fp32 at 0.76x NumPy right after NumPy, faster than
+NumPy when timed alone). NumPy's BLAS threads are limited with threadpoolctl when it is installed; otherwise
 OpenBLAS uses every core unless ``OPENBLAS_NUM_THREADS`` is set in the environment (the header
 says which applies).
 """
@@ -83,7 +87,10 @@ def _timer(fn, budget: float) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def run(sizes, threads: int, rounds: int, budget: float, dbs: dict, int8: bool = False) -> list[dict]:
+def run(sizes, threads: int, rounds: int, budget: float, dbs: dict, int8: bool = False,
+        pause: float = 0.5) -> list[dict]:
+    import time
+
     import numpy as np
 
     from accelc.compiler.runtime import set_num_threads
@@ -103,6 +110,7 @@ def run(sizes, threads: int, rounds: int, budget: float, dbs: dict, int8: bool =
         samples = {k: [] for k in calls}
         for _ in range(rounds):
             for k, fn in calls.items():
+                time.sleep(pause)  # the previous contender's worker threads stop spinning
                 samples[k].append(_timer(fn, budget))
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append({"n": n, "median_s": med})
@@ -123,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=0.3, help="seconds of calls per sample")
     ap.add_argument("--db", action="append", default=[], metavar="SIZE=DIR", help="a tuning database for SIZE")
     ap.add_argument("--int8", action="store_true", help="add the int8-rewritten GEMM (VNNI where the CPU has it)")
+    ap.add_argument("--pause", type=float, default=0.5,
+                    help="seconds to sleep between contenders (worker threads of the previous one stop spinning)")
     args = ap.parse_args(argv)
     blas = f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs"
     try:
@@ -133,10 +143,11 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     dbs = {int(k): v for k, _, v in (d.partition("=") for d in args.db)}
-    print(f"# fp32 GEMM n×n·n×n (weight constant), {args.threads} threads, median of {args.rounds} interleaved rounds; numpy BLAS threads: {blas}")
+    print(f"# fp32 GEMM n×n·n×n (weight constant), {args.threads} threads, median of {args.rounds} interleaved rounds "
+          f"({args.pause} s pause between contenders); numpy BLAS threads: {blas}")
     if args.int8:
         print(f"# int8 kernel: {int8_kernel_name()} (GFLOP/s counts its integer MACs as 2 ops)")
-    run([int(s) for s in args.sizes.split(",")], args.threads, args.rounds, args.budget, dbs, args.int8)
+    run([int(s) for s in args.sizes.split(",")], args.threads, args.rounds, args.budget, dbs, args.int8, args.pause)
     return 0
 
 
