@@ -241,15 +241,22 @@ def _finite(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def merge(results: list, labels: list) -> dict:
-    """Several sim runs' curves side by side (see ``--merge``)."""
+def merge(results: list, labels: list, target: str = "sim") -> dict:
+    """Several runs side by side in one table (see ``--merge``). sim: the same tasks in every
+    file, each model's curves from one file (the runner is deterministic). cpu: each task from
+    one file only (its models were timed side by side in that run; tasks split over processes
+    or cores), every task with the same models."""
     first = results[0]
-    shape = lambda r: (r.get("trials"), r.get("seeds"), r.get("batch"), sorted(r.get("curves", {})))  # noqa: E731
+    shape = lambda r: (r.get("trials"), r.get("seeds"), r.get("batch"))  # noqa: E731
     runs, seconds, models = {}, {}, []
     for res, label in zip(results, labels):
-        if shape(res) != shape(first):
-            raise UsageError(f"--merge {label}: trials/seeds/batch/tasks {shape(res)} differ from {shape(first)}")
+        if shape(res) != shape(first) or (target == "sim" and sorted(res["curves"]) != sorted(first["curves"])):
+            raise UsageError(f"--merge {label}: trials/seeds/batch {shape(res)} or its tasks differ from the "
+                             f"first file's {shape(first)}, {sorted(first['curves'])}")
         for task, by_model in res["curves"].items():
+            if target == "cpu" and task in runs:
+                raise UsageError(f"--merge {label}: cpu task {task} is in two files (a task's models must "
+                                 "be timed side by side in one run)")
             for m, by_seed in by_model.items():
                 if m in runs.get(task, {}):
                     raise UsageError(f"--merge {label}: model {m} is in two of the files")
@@ -260,10 +267,13 @@ def merge(results: list, labels: list) -> dict:
                     models.append(m)
     if "xgb" not in models:
         raise UsageError("--merge: no file holds the xgb reference")
+    incomplete = sorted(t for t, by_m in runs.items() if set(by_m) != set(models))
+    if incomplete:
+        raise UsageError(f"--merge: task(s) {', '.join(incomplete)} lack some of the models {', '.join(models)}")
     models = ["xgb"] + [m for m in models if m != "xgb"]
     runs = {t: {m: by_m[m] for m in models} for t, by_m in runs.items()}
     out = summarize(runs, first["trials"])
-    out.update(target="sim", seeds=first["seeds"], batch=first["batch"], models=models, seconds=seconds,
+    out.update(target=target, seeds=first["seeds"], batch=first["batch"], models=models, seconds=seconds,
                merged=labels, curves={t: {m: {str(s): list(v) for s, v in d.items()} for m, d in by_m.items()}
                                       for t, by_m in runs.items()})
     return out
@@ -293,16 +303,19 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", type=Path, help="sim only: take the curves of models not in --models from "
                     "this earlier --json (the sim runner is deterministic)")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
-                    help="sim only: search nothing; put the curves of these earlier --json runs (same "
-                         "tasks, trials, seeds, batch; each model in one file) side by side and print the table")
+                    help="search nothing; put these earlier --json runs (same trials, seeds, batch) side by "
+                         "side and print the table. sim: same tasks, each model from one file; cpu: each "
+                         "task from one file")
     args = ap.parse_args(argv)
     if args.merge:
-        res = merge([_load_reuse(p, "sim") for p in args.merge], [str(p) for p in args.merge])
+        if args.target == "both":
+            raise UsageError("--merge: name one --target (sim or cpu)")
+        res = merge([_load_reuse(p, args.target) for p in args.merge], [str(p) for p in args.merge], args.target)
         print(table(res))
         if args.json:
             from accelc.fileio import atomic_write
 
-            text = json.dumps(_finite({"sim": res}), indent=1)
+            text = json.dumps(_finite({args.target: res}), indent=1)
             atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
         return 0
     limit = {"sim": len(SIM_TASKS), "cpu": len(CPU_TASKS)}

@@ -78,6 +78,17 @@ def test_merge_puts_runs_side_by_side(tmp_path):
         bt.merge([res(["xgb"]), res(["xgb"])], ["a", "b"])
     with pytest.raises(UsageError, match="differ"):
         bt.merge([res(["xgb"]), res(["random"], trials=3)], ["a", "b"])
+    # cpu: tasks split over runs, each task's models from one run
+    other = res(["xgb", "random"])
+    other["curves"] = {"u": other["curves"]["t"]}
+    other["seconds"] = {"u": other["seconds"]["t"]}
+    cpu = bt.merge([res(["xgb", "random"]), other], ["a", "b"], "cpu")
+    assert sorted(cpu["tasks"]) == ["t", "u"] and cpu["target"] == "cpu"
+    with pytest.raises(UsageError, match="cpu task t is in two files"):
+        bt.merge([res(["xgb"]), res(["random"])], ["a", "b"], "cpu")
+    with pytest.raises(UsageError, match="lack some of the models"):
+        bt.merge([res(["xgb", "random"]), {**other, "curves": {"u": {"xgb": other["curves"]["u"]["xgb"]}}}],
+                 ["a", "b"], "cpu")
     with pytest.raises(UsageError, match="xgb reference"):
         bt.merge([res(["random"])], ["a"])
     path = tmp_path / "a.json"
