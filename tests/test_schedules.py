@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -90,6 +92,44 @@ def test_matmul_rule_matches_numpy(cpu_target, batch, m, k, n, const_b, trans_b)
     assert "T.parallel" in tir and "T.vectorized" in tir and 'scope="local"' in tir
     if const_b:  # weights are packed by a block the pipeline folds at compile time
         assert "meta_schedule.layout_rewrite_preproc" in tir
+
+
+def test_attention_matmuls_read_their_operands_in_place(cpu_target):
+    """P·V with 197 rows: the rows that pad M to the register tile read A's last row (no padded
+    copy of P), and V, one panel wide, is read where it is (no packed copy)."""
+    fused, got, want = _matmul_case(cpu_target, (1, 3), 197, 197, 64, False, epilogue=False)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    tir = _scheduled_by(Matmul(), fused, cpu_target, "matmul")
+    assert "T.min(" in tir and "if_then_else" not in tir  # the guard became a clamped row
+    blocks = set(re.findall(r'T\.sblock\("(\w+)"\)', tir))
+    assert blocks == {"root", "matmul_init", "matmul_update", "matmul_reindex_pad"}, blocks  # no copies
+    # Q·Kᵀ: B's columns are padded to whole panels, so B is still packed; A is read in place
+    fused, got, want = _matmul_case(cpu_target, (1, 3), 197, 64, 197, False, True, epilogue=False)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    tir = _scheduled_by(Matmul(), fused, cpu_target, "matmul")
+    assert "T.min(" in tir and "reindex_pad" in tir
+
+
+def test_only_the_row_guard_is_clamped():
+    """``clamp_padded_rows`` rewrites ``if_then_else(i < m, A[i, k], 0)`` (padding rows, never
+    written back) and leaves a guard on k alone (padding k adds zeros that count)."""
+    from tvm.script import tirx as T
+
+    from accelc.schedules.cpu.matmul import clamp_padded_rows
+
+    @T.prim_func(s_tir=True)
+    def gemm(x: T.Buffer((37, 24), "float32"), y: T.Buffer((40, 20), "float32"), b: T.Buffer((24, 16), "float32"),
+             c: T.Buffer((40, 16), "float32")):
+        for s, i, j, k in T.grid(1, 40, 16, 24):
+            with T.sblock("mm_update"):
+                vs, vi, vj, vk = T.axis.remap("SSSR", [s, i, j, k])
+                c[vi, vj] = c[vi, vj] + (T.if_then_else(vi < 37, x[vi, vk], T.float32(0))
+                                         + T.if_then_else(vk < 20, y[vi, vk], T.float32(0))) * b[vk, vj]
+
+    text = clamp_padded_rows(gemm, "mm_update").script()
+    assert "T.if_then_else(vk < 20, y[vi, vk]" in text  # the k guard stays
+    assert "T.if_then_else(vi < 37" not in text and "x[T.min(vi, 36), vk]" in text
+    assert clamp_padded_rows(gemm, "other_block").script() == gemm.script()  # only the named block
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.ir import Range
@@ -130,9 +131,11 @@ class Matmul(CPURule):
             return None
         layout_free = {int(i) for i in (func.attrs or {}).get("layout_free_buffers", [])}
         try:
-            _schedule(sch, main, cpu_shape(target), layout_free, func)
+            padded_rows = _schedule(sch, main, cpu_shape(target), layout_free, func)
         except (ValueError, s_tir.ScheduleError, RuntimeError):  # TVM errors are RuntimeErrors
             return None  # a shape this rule cannot take: the next rule tries
+        if padded_rows:
+            return s_tir.Schedule(clamp_padded_rows(sch.mod["main"], sch.get(main).name_hint))
         return sch
 
 
@@ -147,7 +150,9 @@ def _is_multiply_accumulate(block: s_tir.SBlock) -> bool:
     return isinstance(rhs, tirx.Mul)
 
 
-def _schedule(sch: s_tir.Schedule, main, shape: CpuShape, layout_free: set[int], func) -> None:
+def _schedule(sch: s_tir.Schedule, main, shape: CpuShape, layout_free: set[int], func) -> bool:
+    """Schedules ``main``; returns whether I was padded (its guard is inlined: see
+    ``clamp_padded_rows``)."""
     inline_spatial_around(sch, main)
     root = get_root_block(sch)
     if len([b for b in sch.get_child_blocks(root) if is_reduction(sch, b)]) != 1:
@@ -173,24 +178,30 @@ def _schedule(sch: s_tir.Schedule, main, shape: CpuShape, layout_free: set[int],
     nr = nj * lanes
     sch.pad_einsum(main, [1, mr, nr, 1])
 
-    # A: a padded copy only where I was padded; otherwise read in place.
+    # A: read in place. Where I was padded, the padding rows read A's last row instead of a
+    # padded copy (``clamp_padded_rows`` after scheduling): their results are never written back.
     a_pad = _next_stage(sch, reindex_a, main)
     sch.compute_inline(reindex_a)
     if a_pad is not None:
-        _parallel_copy(sch, a_pad, shape, lanes)
+        sch.compute_inline(a_pad)
 
-    # B: always staged through a panel-packed buffer (folded at compile time for weights).
+    # B: staged through a panel-packed buffer (folded at compile time for weights), except an
+    # activation that already is one panel ([S, K, J], J contiguous, no padding): read in place.
     b_pad = _next_stage(sch, reindex_b, main)
-    if b_pad is not None:
+    layout_free_b = _is_layout_free(b_source, layout_free, func)
+    if b_pad is None and not layout_free_b and n == nr and _contiguous_copy(sch, reindex_b):
         sch.compute_inline(reindex_b)
-        b_pack = b_pad
     else:
-        b_pack = reindex_b
-    sch.transform_layout(b_pack, ("write", 0), lambda s, kk, j: (s, j // nr, kk, j % nr))
-    if _is_layout_free(b_source, layout_free, func):
-        sch.annotate(b_pack, "meta_schedule.layout_rewrite_preproc", True)
-    else:
-        _parallel_copy(sch, b_pack, shape, lanes)
+        if b_pad is not None:
+            sch.compute_inline(reindex_b)
+            b_pack = b_pad
+        else:
+            b_pack = reindex_b
+        sch.transform_layout(b_pack, ("write", 0), lambda s, kk, j: (s, j // nr, kk, j % nr))
+        if layout_free_b:
+            sch.annotate(b_pack, "meta_schedule.layout_rewrite_preproc", True)
+        else:
+            _parallel_copy(sch, b_pack, shape, lanes)
 
     # C: accumulate in registers, write back through the epilogue once per tile.
     writeback = sch.get_consumers(main)[0]
@@ -221,6 +232,52 @@ def _schedule(sch: s_tir.Schedule, main, shape: CpuShape, layout_free: set[int],
             sch, blk, writeback
         ):
             schedule_injective(sch, blk, shape)
+    return a_pad is not None
+
+
+def _contiguous_copy(sch: s_tir.Schedule, blk) -> bool:
+    """Whether a reindex block copies its source's innermost axis to its own innermost axis
+    (so reading the source in place keeps the micro-kernel's vector loads contiguous)."""
+    stmt = sch.get(blk)
+    if len(stmt.reads) != 1 or len(stmt.writes) != 1:
+        return False
+    src, dst = stmt.reads[0].region, stmt.writes[0].region
+    return bool(src and dst) and tvm_ffi.structural_equal(src[-1].min, dst[-1].min)
+
+
+def clamp_padded_rows(func: tirx.PrimFunc, update: str) -> tirx.PrimFunc:
+    """In the GEMM's update block ``update`` (iterators ``s, i, j, k``), the inlined guard of
+    ``pad_einsum``'s row padding, ``if_then_else(i < m, A[.., i, ..], 0)``, becomes
+    ``A[.., min(i, m - 1), ..]``. The rows ``i ≥ m`` only pad I to the register tile and are
+    never written back (the write-back keeps ``i < m``), so any finite value will do; the
+    clamped load has no branch or select in the micro-kernel, and its address is invariant in
+    the k loop. Only a guard on ``i`` itself is rewritten (never one on k: that padding adds)."""
+    ite = tvm.ir.Op.get("prim.if_then_else")
+
+    def rewrite(block):
+        ivs = block.iter_vars
+        if block.name_hint != update or len(ivs) != 4 or ivs[3].iter_type != tirx.IterVar.CommReduce:
+            return block
+        i_var = ivs[1].var
+
+        def clamp(call):
+            if not call.op.same_as(ite):
+                return call
+            cond, then, other = call.args
+            if not (isinstance(cond, tirx.LT) and cond.a.same_as(i_var) and isinstance(cond.b, tirx.IntImm)
+                    and isinstance(then, tvm.ir.expr.TensorLoad) and isinstance(other, (tirx.FloatImm, tirx.IntImm))
+                    and other.value == 0):
+                return call
+            hits = [d for d, idx in enumerate(then.indices) if idx.same_as(i_var)]
+            if len(hits) != 1 or not tvm_ffi.structural_equal(then.source.shape[hits[0]], cond.b):
+                return call
+            idx = list(then.indices)
+            idx[hits[0]] = tirx.min(i_var, cond.b - 1)
+            return tirx.BufferLoad(then.source, idx)
+
+        return tvm_ffi.structural_map(block, [(tvm.ir.expr.Call, clamp)])
+
+    return tvm_ffi.structural_map(func, [(s_tir.SBlock, rewrite)])
 
 
 def _next_stage(sch: s_tir.Schedule, blk, main):
