@@ -161,7 +161,7 @@ def search(func, comps: dict, model, seed: int, trials: int, batch: int) -> list
 
 
 def run(target: str, n_tasks: int, trials: int, seeds: int, batch: int, models=MODELS, only=(),
-        log=print, reuse: dict | None = None) -> dict:
+        log=print, reuse: dict | None = None, frac: float = 0.95) -> dict:
     """Every task (the first ``n_tasks``, or those named in ``only``) × model × seed searched;
     the summary, the raw curves and timings. ``reuse``: an earlier run's results for this
     target (sim only: its runner is deterministic, so a model's curves do not change unless
@@ -187,7 +187,7 @@ def run(target: str, n_tasks: int, trials: int, seeds: int, batch: int, models=M
             seconds[name][m] = round(time.perf_counter() - t0, 1)
             best = min(min(v) for v in runs[name][m].values())
             log(f"  {target} {name:22s} {m:10s} best {best * 1e6:10.2f} µs  ({seconds[name][m]} s)")
-    out = summarize(runs, trials)
+    out = summarize(runs, trials, frac)
     all_models = list(models) + [m for m in next(iter(reused.values()), {}) if m not in models]
     out.update(target=target, seeds=seeds, batch=batch, models=all_models, seconds=seconds,
                reused=sorted(next(iter(reused.values()), {})),
@@ -216,7 +216,8 @@ def _reusable(reuse, target, names, trials, seeds, batch, models) -> dict:
 
 def table(res: dict) -> str:
     models, T = res["models"], res["trials"]
-    head = f"{'task':22s} {'best µs':>10s}" + "".join(f" {m + ' t95':>14s}" for m in models)
+    tag = f" t{round(res['frac'] * 100)}"
+    head = f"{'task':22s} {'best µs':>10s}" + "".join(f" {m + tag:>15s}" for m in models)
     rows = [f"{res['target']}: trials to {res['frac']:.0%} of the best latency (mean over {res['seeds']} "
             f"seed(s), {T} trials, batch {res['batch']}; >T = never)", head]
     for name, t in res["tasks"].items():
@@ -224,11 +225,11 @@ def table(res: dict) -> str:
         for m in models:
             v = t["mean"][m]
             never = sum(x is None for x in t["trials_to"][m].values())
-            cells.append(f"{('>' if never == len(t['trials_to'][m]) else '') + f'{v:.1f}':>14s}")
+            cells.append(f"{('>' if never == len(t['trials_to'][m]) else '') + f'{v:.1f}':>16s}")
         rows.append(f"{name:22s} {t['best_s'] * 1e6:10.2f}" + "".join(cells))
-    rows.append(f"{'geomean ratio to xgb':33s}" + "".join(f" {res['ratio_to_xgb'][m]:>13.2f}x" for m in models))
+    rows.append(f"{'geomean ratio to xgb':33s}" + "".join(f" {res['ratio_to_xgb'][m]:>14.2f}x" for m in models))
     if res["ours_over_stock"] is not None:
-        rows.append(f"ours / stock (tvm-xgb) trials-to-95%: {res['ours_over_stock']:.2f}x (goal ≤ 0.5x)")
+        rows.append(f"ours / stock (tvm-xgb) trials-to-{res['frac']:.0%}: {res['ours_over_stock']:.2f}x (goal ≤ 0.5x)")
     return "\n".join(rows)
 
 
@@ -241,7 +242,7 @@ def _finite(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def merge(results: list, labels: list, target: str = "sim") -> dict:
+def merge(results: list, labels: list, target: str = "sim", frac: float = 0.95) -> dict:
     """Several runs side by side in one table (see ``--merge``). sim: the same tasks in every
     file, each model's curves from one file (the runner is deterministic). cpu: each task from
     one file only (its models were timed side by side in that run; tasks split over processes
@@ -272,7 +273,7 @@ def merge(results: list, labels: list, target: str = "sim") -> dict:
         raise UsageError(f"--merge: task(s) {', '.join(incomplete)} lack some of the models {', '.join(models)}")
     models = ["xgb"] + [m for m in models if m != "xgb"]
     runs = {t: {m: by_m[m] for m in models} for t, by_m in runs.items()}
-    out = summarize(runs, first["trials"])
+    out = summarize(runs, first["trials"], frac)
     out.update(target=target, seeds=first["seeds"], batch=first["batch"], models=models, seconds=seconds,
                merged=labels, curves={t: {m: {str(s): list(v) for s, v in d.items()} for m, d in by_m.items()}
                                       for t, by_m in runs.items()})
@@ -306,11 +307,17 @@ def main(argv=None) -> int:
                     help="search nothing; put these earlier --json runs (same trials, seeds, batch) side by "
                          "side and print the table. sim: same tasks, each model from one file; cpu: each "
                          "task from one file")
+    ap.add_argument("--frac", type=float, default=0.95,
+                    help="the bar: trials until the best-so-far is within this fraction of the best (default "
+                         "0.95; 1.0 = trials to the best itself)")
     args = ap.parse_args(argv)
+    if not 0 < args.frac <= 1:
+        raise UsageError(f"--frac {args.frac}: must be in (0, 1]")
     if args.merge:
         if args.target == "both":
             raise UsageError("--merge: name one --target (sim or cpu)")
-        res = merge([_load_reuse(p, args.target) for p in args.merge], [str(p) for p in args.merge], args.target)
+        res = merge([_load_reuse(p, args.target) for p in args.merge], [str(p) for p in args.merge], args.target,
+                    args.frac)
         print(table(res))
         if args.json:
             from accelc.fileio import atomic_write
@@ -332,7 +339,7 @@ def main(argv=None) -> int:
         seeds = args.seeds or (3 if t == "sim" else 1)
         reuse = _load_reuse(args.reuse, t) if args.reuse else None
         results[t] = run(t, args.tasks, trials, seeds, args.batch, args.models, args.only,
-                         log=lambda s: print(s, flush=True), reuse=reuse)
+                         log=lambda s: print(s, flush=True), reuse=reuse, frac=args.frac)
         print("\n" + table(results[t]) + "\n", flush=True)
     if args.json:
         from accelc.fileio import atomic_write
