@@ -28,7 +28,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
 
-FEATURE_VERSION = 3  # 3: the exact sim features
+FEATURE_VERSION = 2  # bump when a feature changes meaning under the same name (new names are caught by name)
 PER_STORE_LENGTH = 164
 _LAYOUT_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
