@@ -232,13 +232,26 @@ def test_compile_applies_the_side_by_side_winner_not_the_fastest_stored_time(tun
     fastest_stored = min(tdb.records, key=lambda r: r.secs).line
     rec = stock.query_tuning_record(tdb.workloads[0].mod, target, "main")
     assert tvm_ffi.structural_hash(rec.as_measure_candidate().sch.mod) == by_line[fastest_stored]
+    default = next(r.line for r in tdb.records if not r.searched)
     for winner in sorted(by_line):  # make each record in turn the side-by-side winner
         doc = json.loads((tuned.db / VERIFIED).read_text())
         doc["tasks"][0]["records"] = {str(n): [1e-6 if n == winner else 2e-6] * 3 for n in by_line}
         (db / VERIFIED).write_text(json.dumps(doc))
-        assert _query(database.open_database(db, target), target) == by_line[winner]
+        # the default schedule winning means: no record, today's default rule schedules the task
+        want = None if winner == default else by_line[winner]
+        assert _query(database.open_database(db, target), target) == want
     (db / VERIFIED).unlink()  # without the file: the fastest stored time, as in stock TVM
-    assert _query(database.open_database(db, target), target) == by_line[fastest_stored]
+    want = None if fastest_stored == default else by_line[fastest_stored]
+    assert _query(database.open_database(db, target), target) == want
+    # the stored default is no longer replayed: without any file, make it the fastest stored
+    lines = (db / RECORDS).read_text().splitlines()
+    recs = [json.loads(ln) for ln in lines]
+    for i, r in enumerate(recs):
+        r[1][1] = [1e-7] if i + 1 == default else [5e-3]
+    (db / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert _query(database.open_database(db, target), target) is None
+    assert ms.database.JSONDatabase(work_dir=str(db), allow_missing=False).query_tuning_record(
+        tdb.workloads[0].mod, target, "main") is not None  # stock TVM still replays it
 
 
 def test_verification_with_one_surviving_candidate_saves_nothing(tuned, tmp_path):

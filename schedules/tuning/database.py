@@ -170,18 +170,20 @@ class TuningDB:
         atomic_write(self.path / VERIFIED, lambda tmp: Path(tmp).write_text(text))
 
     def for_compile(self):
-        """The database ``compile --db`` applies: TVM's own, unless some tasks were verified;
-        then a copy in memory where a verified task has only its re-timed records, at their
-        re-timed medians, so the side-by-side winner is the one applied."""
-        if not self.verified:
-            return self.db
+        """The database ``compile --db`` applies, a copy in memory: a verified task has only
+        its re-timed records, at their re-timed medians, so the side-by-side winner is the one
+        applied; a task whose winner is the default schedule (stored when it was tuned) has no
+        record at all, so today's default rules schedule it — replaying the stored one would
+        pin the default of the accelc that tuned it (a database from before a better rule
+        would lose to the new default)."""
         from tvm.s_tir import meta_schedule as ms
 
         mem = ms.database.MemoryDatabase()
         wkls = [mem.commit_workload(w.mod) for w in self.workloads]
+        default_wins = {w for w in range(len(self.workloads)) if self._default_wins(w)}
         for r in self.records:
             ver = self.verified.get(r.workload)
-            if r.tvm is None or (ver is not None and r.line not in ver.secs):
+            if r.tvm is None or r.workload in default_wins or (ver is not None and r.line not in ver.secs):
                 continue
             secs = [ver.median(r.line)] if ver is not None else list(r.tvm.run_secs or [])
             if not secs:
@@ -189,6 +191,18 @@ class TuningDB:
             mem.commit_tuning_record(ms.database.TuningRecord(r.tvm.trace, wkls[r.workload], secs,
                                                               r.tvm.target, r.tvm.args_info))
         return mem
+
+    def _default_wins(self, workload: int) -> bool:
+        """Whether the record compile would apply for ``workload`` is its default schedule:
+        the side-by-side winner when verified, else the fastest stored time (stock TVM's pick)."""
+        ver = self.verified.get(workload)
+        recs = {r.line: r for r in self.records if r.workload == workload and r.tvm is not None}
+        if ver is not None:
+            best = recs.get(ver.winner)
+        else:
+            finite = [r for r in recs.values() if math.isfinite(r.secs)]
+            best = min(finite, key=lambda r: r.secs) if finite else None
+        return best is not None and not best.searched
 
     def sync(self, expect_new: int) -> None:
         """fsync both files and check that exactly ``expect_new`` more complete record lines are
