@@ -13,7 +13,9 @@ passes (in order), timed in the same rounds and compared with onnxruntime on the
 model: speed-up (ort ms / variant ms) and fidelity (cosine, top-1 of the first output).
 
 Every model is compiled once per flow; then, in each round, every flow is timed back to back
-(≥ 0.2 s of calls each), so machine noise hits all three alike. The table shows the median
+(≥ 0.2 s of calls each), so machine noise hits all three alike, with ``--pause`` seconds (0.5)
+of sleep before each: TVM's and onnxruntime's worker threads spin for a while after a call, and
+on two cores a spinning thread takes half of the next flow's CPU. The table shows the median
 over rounds and the ratios. Batch 1, the same seeded inputs for every flow.
 """
 
@@ -86,7 +88,7 @@ def fidelity(got, want) -> dict:
     return {"cosine": cos, "top1": top1}
 
 
-def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(), dbs=None):
+def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(), dbs=None, pause: float = 0.5):
     import accelc
     from accelc import models
     from accelc.compiler.oracle import session
@@ -118,6 +120,7 @@ def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(
         samples = {k: [] for k in flows}
         for _ in range(rounds):
             for key, (fn, _) in flows.items():
+                time.sleep(pause)  # the previous flow's worker threads stop spinning
                 samples[key].append(_timer(fn, budget if key != "tvm.compile" else budget / 4) * 1e3)
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append({"model": name, "median_ms": med, "samples_ms": samples, "fidelity": fid,
@@ -157,6 +160,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--budget", type=float, default=0.2, help="seconds of calls per sample")
     ap.add_argument("--no-stock", action="store_true", help="skip stock tvm.compile (slow: naive loops)")
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds to sleep before timing each flow")
     ap.add_argument("--json", help="write all samples here")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=PASS[+PASS...]",
                     help="also time the model rewritten with these passes (repeatable)")
@@ -170,10 +174,11 @@ def main(argv=None) -> int:
     import tvm
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; threads={args.threads}; "
-          f"batch 1; median of {args.rounds} interleaved rounds; tvm {tvm.__version__}, "
+          f"batch 1; median of {args.rounds} interleaved rounds, {args.pause} s pause; tvm {tvm.__version__}, "
           f"onnxruntime {onnxruntime.__version__}")
     print(HEADER)
-    rows = run(args.models.split(","), args.threads, args.rounds, not args.no_stock, args.budget, variants, dbs)
+    rows = run(args.models.split(","), args.threads, args.rounds, not args.no_stock, args.budget, variants, dbs,
+               args.pause)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"threads": args.threads, "rounds": args.rounds, "rows": rows}, fh, indent=1)
