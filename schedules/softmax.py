@@ -54,9 +54,9 @@ def softmax_ragged(shape, lanes: int) -> tirx.PrimFunc:
     if N <= L or L < 2:
         raise ValueError(f"softmax_ragged: rows of {N} need more than {L} elements")
     NV, NT = N // L, N % L
-    if L & (L - 1):
-        raise ValueError(f"softmax_ragged: {L} lanes is no power of two")
-    H16, H8, H4, H2 = (h if h < L else 0 for h in (8, 4, 2, 1))  # the folds: halves of the lanes
+    if L & (L - 1) or L > 16:
+        raise ValueError(f"softmax_ragged: {L} lanes is no power of two up to 16")
+    H16, H8, H4, H2 = (h if h < L else 0 for h in (8, 4, 2, 1))  # fold steps from L lanes down to 1
 
     @T.macro
     def fold(part, h, op):
@@ -81,6 +81,8 @@ def softmax_ragged(shape, lanes: int) -> tirx.PrimFunc:
             with T.sblock("softmax_row"):
                 T.reads(xf[r, 0:N])
                 T.writes(yf[r, 0:N])
+                # default scope, not "local": a local buffer in a parallel loop became two
+                # TVMBackendAllocWorkspace calls per row (half the kernel's time)
                 part = T.alloc_buffer((L,), "float32")
                 acc = T.alloc_buffer((2,), "float32")  # [max, 1 / sum]
                 for l in T.vectorized(L):

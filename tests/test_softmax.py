@@ -83,6 +83,8 @@ def test_rejects_rows_of_one_vector_or_less():
         softmax_ragged((4, 16), 16)
     with pytest.raises(ValueError, match="power of two"):
         softmax_ragged((4, 30), 12)
+    with pytest.raises(ValueError, match="up to 16"):
+        softmax_ragged((4, 70), 32)
 
 
 def _compiled(shape, axis):
