@@ -27,6 +27,8 @@ import os
 import statistics
 import sys
 
+from .bench_models import PAUSE  # seconds for the previous contender's worker threads to stop spinning
+
 
 def gemm_model(n: int, seed: int = 0):
     """An ONNX ``MatMul`` of an ``[n, n]`` input by a constant ``[n, n]`` weight, and the weight."""
@@ -88,7 +90,7 @@ def _timer(fn, budget: float) -> float:
 
 
 def run(sizes, threads: int, rounds: int, budget: float, dbs: dict, int8: bool = False,
-        pause: float = 0.5) -> list[dict]:
+        pause: float = PAUSE) -> list[dict]:
     import time
 
     import numpy as np
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=0.3, help="seconds of calls per sample")
     ap.add_argument("--db", action="append", default=[], metavar="SIZE=DIR", help="a tuning database for SIZE")
     ap.add_argument("--int8", action="store_true", help="add the int8-rewritten GEMM (VNNI where the CPU has it)")
-    ap.add_argument("--pause", type=float, default=0.5,
+    ap.add_argument("--pause", type=float, default=PAUSE,
                     help="seconds to sleep between contenders (worker threads of the previous one stop spinning)")
     args = ap.parse_args(argv)
     blas = f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs"

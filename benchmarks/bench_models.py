@@ -42,16 +42,28 @@ def _timer(fn, budget: float):
     return (time.perf_counter() - t0) / n
 
 
-def interleaved_medians(calls: dict, rounds: int, budget: float = 0.2) -> dict:
-    """Median ms per call of each ``calls[name]()``: every round times each variant back to
-    back for ≥ ``budget`` seconds, so machine noise hits all variants alike."""
-    import statistics
+#: Seconds of sleep before timing each variant: after a call, TVM's and onnxruntime's worker
+#: threads (and OpenBLAS's) keep spinning for a while, and on two cores a spinning thread takes
+#: half of the next variant's CPU.
+PAUSE = 0.5
 
+
+def interleaved_samples(calls: dict, rounds: int, budget: float = 0.2, pause: float = PAUSE,
+                        budgets: dict | None = None) -> dict:
+    """ms per call of each ``calls[name]()``, one sample per round: every round times each
+    variant back to back for ≥ ``budget`` seconds (``budgets[name]`` where given), after
+    ``pause`` seconds of sleep, so machine noise hits all variants alike."""
     times = {name: [] for name in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
-            times[name].append(_timer(fn, budget) * 1e3)
-    return {name: statistics.median(v) for name, v in times.items()}
+            time.sleep(pause)  # the previous variant's worker threads stop spinning
+            times[name].append(_timer(fn, (budgets or {}).get(name, budget)) * 1e3)
+    return times
+
+
+def interleaved_medians(calls: dict, rounds: int, budget: float = 0.2, pause: float = PAUSE) -> dict:
+    """Median over ``interleaved_samples``' rounds, per variant (ms per call)."""
+    return {name: statistics.median(v) for name, v in interleaved_samples(calls, rounds, budget, pause).items()}
 
 
 def _stock(proto, feeds, threads):
@@ -88,7 +100,7 @@ def fidelity(got, want) -> dict:
     return {"cosine": cos, "top1": top1}
 
 
-def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(), dbs=None, pause: float = 0.5):
+def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(), dbs=None, pause: float = PAUSE):
     import accelc
     from accelc import models
     from accelc.compiler.oracle import session
@@ -117,11 +129,8 @@ def run(names, threads: int, rounds: int, stock: bool, budget: float, variants=(
                                                                    for s in (1, 2)])
             flows[label] = (lambda c=cm, f=feeds: c.run(f), time.perf_counter() - t0)
             fid[label] = fidelity(next(iter(cm.run(feeds).values())), want)
-        samples = {k: [] for k in flows}
-        for _ in range(rounds):
-            for key, (fn, _) in flows.items():
-                time.sleep(pause)  # the previous flow's worker threads stop spinning
-                samples[key].append(_timer(fn, budget if key != "tvm.compile" else budget / 4) * 1e3)
+        samples = interleaved_samples({k: fn for k, (fn, _) in flows.items()}, rounds, budget, pause,
+                                      budgets={"tvm.compile": budget / 4})
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append({"model": name, "median_ms": med, "samples_ms": samples, "fidelity": fid,
                      "compile_s": {k: round(v[1], 2) for k, v in flows.items() if k != "onnxruntime"}})
@@ -160,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--budget", type=float, default=0.2, help="seconds of calls per sample")
     ap.add_argument("--no-stock", action="store_true", help="skip stock tvm.compile (slow: naive loops)")
-    ap.add_argument("--pause", type=float, default=0.5, help="seconds to sleep before timing each flow")
+    ap.add_argument("--pause", type=float, default=PAUSE, help="seconds to sleep before timing each flow")
     ap.add_argument("--json", help="write all samples here")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=PASS[+PASS...]",
                     help="also time the model rewritten with these passes (repeatable)")
