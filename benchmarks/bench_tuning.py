@@ -190,10 +190,17 @@ def run(target: str, n_tasks: int, trials: int, seeds: int, batch: int, models=M
     out = summarize(runs, trials, frac)
     all_models = list(models) + [m for m in next(iter(reused.values()), {}) if m not in models]
     out.update(target=target, seeds=seeds, batch=batch, models=all_models, seconds=seconds,
-               reused=sorted(next(iter(reused.values()), {})),
-               curves={t: {m: {str(s): list(v) for s, v in d.items()} for m, d in by_m.items()}
-                       for t, by_m in runs.items()})
+               reused=sorted(next(iter(reused.values()), {})), curves=_curves_to_json(runs))
     return out
+
+
+def _curves_from_json(by_seed: dict) -> dict:
+    """A model's curves as ``--json`` stores them (seed strings, null for failed) → {seed: [s]}."""
+    return {int(k): [math.inf if v is None else v for v in c] for k, c in by_seed.items()}
+
+
+def _curves_to_json(runs: dict) -> dict:
+    return {t: {m: {str(s): list(v) for s, v in d.items()} for m, d in by_m.items()} for t, by_m in runs.items()}
 
 
 def _reusable(reuse, target, names, trials, seeds, batch, models) -> dict:
@@ -208,9 +215,7 @@ def _reusable(reuse, target, names, trials, seeds, batch, models) -> dict:
         raise UsageError(f"--reuse: the earlier run had trials/seeds/batch {reuse.get('trials')}/"
                          f"{reuse.get('seeds')}/{reuse.get('batch')} and no curves for "
                          f"{', '.join(missing) or 'nothing missing'}; this run asks {trials}/{seeds}/{batch}")
-    inf = math.inf
-    return {n: {m: {int(s): [inf if v is None else v for v in c] for s, c in by_seed.items()}
-                for m, by_seed in reuse["curves"][n].items() if m not in models}
+    return {n: {m: _curves_from_json(by_seed) for m, by_seed in reuse["curves"][n].items() if m not in models}
             for n in names}
 
 
@@ -261,8 +266,7 @@ def merge(results: list, labels: list, target: str = "sim", frac: float = 0.95) 
             for m, by_seed in by_model.items():
                 if m in runs.get(task, {}):
                     raise UsageError(f"--merge {label}: model {m} is in two of the files")
-                runs.setdefault(task, {})[m] = {int(k): [math.inf if v is None else v for v in c]
-                                                for k, c in by_seed.items()}
+                runs.setdefault(task, {})[m] = _curves_from_json(by_seed)
                 seconds.setdefault(task, {})[m] = res["seconds"][task][m]
                 if m not in models:
                     models.append(m)
@@ -275,18 +279,18 @@ def merge(results: list, labels: list, target: str = "sim", frac: float = 0.95) 
     runs = {t: {m: by_m[m] for m in models} for t, by_m in runs.items()}
     out = summarize(runs, first["trials"], frac)
     out.update(target=target, seeds=first["seeds"], batch=first["batch"], models=models, seconds=seconds,
-               merged=labels, curves={t: {m: {str(s): list(v) for s, v in d.items()} for m, d in by_m.items()}
-                                      for t, by_m in runs.items()})
+               merged=labels, curves=_curves_to_json(runs))
     return out
 
 
-def _load_reuse(path: Path, target: str) -> dict:
+def _load_results(path: Path, target: str, flag: str) -> dict:
+    """The ``target`` part of an earlier ``--json`` file, for ``flag`` (--reuse, --merge)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        raise UsageError(f"--reuse {path}: cannot read it ({err})") from None
+        raise UsageError(f"{flag} {path}: cannot read it ({err})") from None
     if target not in data:
-        raise UsageError(f"--reuse {path}: no {target} results in it")
+        raise UsageError(f"{flag} {path}: no {target} results in it")
     return data[target]
 
 
@@ -316,7 +320,7 @@ def main(argv=None) -> int:
     if args.merge:
         if args.target == "both":
             raise UsageError("--merge: name one --target (sim or cpu)")
-        res = merge([_load_reuse(p, args.target) for p in args.merge], [str(p) for p in args.merge], args.target,
+        res = merge([_load_results(p, args.target, "--merge") for p in args.merge], [str(p) for p in args.merge], args.target,
                     args.frac)
         print(table(res))
         if args.json:
@@ -337,7 +341,7 @@ def main(argv=None) -> int:
     for t in (["sim", "cpu"] if args.target == "both" else [args.target]):
         trials = args.trials or (96 if t == "sim" else 32)
         seeds = args.seeds or (3 if t == "sim" else 1)
-        reuse = _load_reuse(args.reuse, t) if args.reuse else None
+        reuse = _load_results(args.reuse, t, "--reuse") if args.reuse else None
         results[t] = run(t, args.tasks, trials, seeds, args.batch, args.models, args.only,
                          log=lambda s: print(s, flush=True), reuse=reuse, frac=args.frac)
         print("\n" + table(results[t]) + "\n", flush=True)
