@@ -523,12 +523,12 @@ def sim_exact_features(prog: Program, info: TargetInfo) -> list[float]:
     if prog.mod is None:
         return [0.0] * len(SIM_EXACT_NAMES)
     from ...errors import AccelcError
-    from ...targets.sim.translate import plan, static_stats
     from ...targets.sim.tuning import config_for_model
+    from ...targets.sim.tuning import sim_features as planned_stats
 
     cfg = config_for_model(info.extra.get("sim_model"))
     try:
-        st = static_stats(plan(prog.mod, cfg, check_fit=False), cfg)
+        st = planned_stats(prog.mod, cfg)
     except (AccelcError, ValueError, KeyError, IndexError, ZeroDivisionError):
         return [0.0] * len(SIM_EXACT_NAMES)
     compute = st["compute_cycles"]

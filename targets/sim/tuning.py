@@ -186,9 +186,11 @@ def sim_runner(cfg: MachineConfig):
 
 
 def config_for_model(model: str | None) -> MachineConfig:
-    """The machine a sim tuning target names (registered by :func:`sim_target`); the default
-    machine for an unknown name."""
-    return _CONFIGS.get(model or "") or MachineConfig()
+    """The machine a sim tuning target names (registered by :func:`sim_target`); the sim
+    target's default machine (``offload.default_config``) for an unknown name."""
+    from .offload import default_config
+
+    return _CONFIGS.get(model or "") or default_config()
 
 
 def tuning_components(cfg: MachineConfig) -> dict:
