@@ -57,16 +57,9 @@ def device():
 
 def isa_features(target: Target) -> list[str]:
     """The ISA extensions ``target`` may use (what an artifact built for it requires)."""
-    from tvm.target.codegen import target_has_features
+    from ..schedules.cpu.base import has_isa_feature
 
-    out = []
-    for feat in ISA_FEATURES:
-        try:
-            if target_has_features([feat], target):
-                out.append(feat)
-        except Exception:  # noqa: BLE001 - a feature name this LLVM does not know
-            continue
-    return out
+    return [feat for feat in ISA_FEATURES if has_isa_feature(target, feat)]
 
 
 def check_runnable(meta_target: dict, required: list[str]) -> None:

@@ -12,6 +12,15 @@ from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
 
+def has_isa_feature(target: Target, feature: str) -> bool:
+    """Whether ``target`` may use ISA extension ``feature`` (False for a name this LLVM does
+    not know, e.g. another architecture's)."""
+    try:
+        return bool(target_has_features([feature], target))
+    except Exception:  # noqa: BLE001 - LLVM raises for feature names of other architectures
+        return False
+
+
 @dataclass(frozen=True)
 class CpuShape:
     """The numbers a CPU schedule is sized by, read off the target."""

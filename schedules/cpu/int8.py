@@ -9,18 +9,14 @@ layout rewrite, which the CPU pipeline hoists out of the kernel and folds at com
 from __future__ import annotations
 
 from tvm import s_tir
-from tvm.target.codegen import target_has_features
 
 from .. import int8_vnni
 from ..kernel_attrs import kernel_name, kernel_param
-from .base import CPURule, cpu_shape
+from .base import CPURule, cpu_shape, has_isa_feature
 
 
 def has_vnni(target) -> bool:
-    try:
-        return target_has_features(["avx512vnni"], target)
-    except Exception:  # noqa: BLE001 - an LLVM that does not know the feature
-        return False
+    return has_isa_feature(target, "avx512vnni")
 
 
 class Int8MatmulVNNI(CPURule):

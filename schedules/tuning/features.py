@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -615,15 +615,11 @@ def target_info(target=None, kind: str | None = None, **overrides) -> TargetInfo
     """``TargetInfo`` for an llvm ``target`` (cores, vector width) and this host's caches."""
     info = TargetInfo(num_cores=1, cache_bytes=_host_caches())
     if target is not None and target.kind.name == "llvm":
-        from tvm.target.codegen import target_has_features
+        from ..cpu.base import has_isa_feature
 
         info.num_cores = int(target.attrs.get("num-cores", 1)) if "num-cores" in target.attrs else 1
 
-        def has(feat):
-            try:
-                return bool(target_has_features([feat], target))
-            except Exception:  # noqa: BLE001 - LLVM does not know the name (another arch)
-                return False
+        has = partial(has_isa_feature, target)
 
         if has("avx512f"):
             info.vector_bits, info.vector_regs = 512, 32
