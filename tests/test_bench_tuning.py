@@ -95,3 +95,22 @@ def test_merge_puts_runs_side_by_side(tmp_path):
     path.write_text(json.dumps({"sim": res(["xgb", "random"])}))
     assert bt.main(["--merge", str(path), "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["sim"]["models"] == ["xgb", "random"]
+
+
+def test_bad_flags_are_refused_in_one_line(tmp_path, capsys):
+    """--frac outside (0, 1], --merge of a file without that target's results, and --merge of
+    an unreadable file: one line, exit code 2, from the command line."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "sim.json"
+    path.write_text(json.dumps({"sim": {}}))
+    for args, words in ((["--frac", "0"], "--frac 0.0: must be in (0, 1]"),
+                        (["--target", "cpu", "--merge", str(path)], f"--merge {path}: no cpu results in it"),
+                        (["--merge", str(tmp_path / "missing.json")], "--merge")):
+        res = subprocess.run([sys.executable, "-m", "accelc.benchmarks.bench_tuning", *args],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("accelc: error: ") and words in lines[0], res.stderr
