@@ -284,6 +284,134 @@ def test_verification_with_one_surviving_candidate_saves_nothing(tuned, tmp_path
     assert len(entries) == 1 and len(entries[0].secs) == 4 and (db / VERIFIED).exists()
 
 
+def test_a_default_older_than_todays_rules_is_measured_again_and_verified(tuned, tmp_path, capsys, monkeypatch):
+    """When the rules change after tuning, the stored default is not what compile does without a
+    record: re-running tune (no new trials) measures today's default, appends it, and verifies it
+    side by side against the best searched records; nothing stored is lost."""
+    import tvm_ffi
+
+    from accelc.schedules.tuning import database, driver, load_intrinsics
+    from accelc.targets import cpu
+
+    load_intrinsics("llvm")
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    before = (db / RECORDS).read_bytes()
+    old_default = next(r.line for r in database.open_database(db, cpu.host_target()).records if not r.searched)
+    rules = driver._cpu_default_schedule
+
+    def improved_rules(mod, target, replayable=False):  # "today's" rules: one more (harmless) loop
+        sch = rules(mod, target, replayable)
+        sch.add_unit_loop(sch.get_child_blocks(sch.get_sblock("root"))[0])
+        return sch
+
+    monkeypatch.setattr(driver, "_cpu_default_schedule", improved_rules)
+    rc, out, err = run_main(capsys, "tune", tuned.model, "--db", db, *SMALL)
+    assert rc == 0, err
+    assert "1 task(s) were tuned against an older default schedule" in out and "measured 0 new" in out
+    after = (db / RECORDS).read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 1
+    tdb = database.open_database(db, cpu.host_target())
+    new = tdb.records[-1]
+    assert not new.searched and math.isfinite(new.secs)
+    wkl = tdb.workloads[0].mod
+    want = driver.as_stored(improved_rules(wkl, cpu.host_target(), replayable=True), wkl, cpu.host_target())
+    assert tvm_ffi.structural_equal(new.tvm.as_measure_candidate().sch.mod, want)
+    ver = tdb.verified[0]
+    assert new.line in ver.secs and old_default not in ver.secs and len(ver.secs) == 4
+    # a second run finds nothing stale, measures and appends nothing
+    rc, out, err = run_main(capsys, "tune", tuned.model, "--db", db, *SMALL)
+    assert rc == 0, err
+    assert "older default" not in out and (db / RECORDS).read_bytes() == after
+    monkeypatch.setattr(driver, "_cpu_default_schedule", rules)  # and the old rules: stale again
+    assert [t.name for t in driver.stale_defaults([driver.Task(TASK, tdb.workloads[0].mod, 1, 1.0)], tdb,
+                                                  cpu.host_target(), {"default_schedule": rules})] == [TASK]
+    assert driver.stale_defaults([driver.Task(TASK, tdb.workloads[0].mod, 1, 1.0)], tdb, cpu.host_target(),
+                                 {"default_schedule": improved_rules}) == []
+
+
+def test_padded_gemm_default_is_stored_replayable_and_verified_as_compiled(tmp_path):
+    """A GEMM whose rows pad the register tile: the Matmul rule clamps the padding rows' loads
+    after scheduling (not a schedule primitive), so the stored default is the schedule's trace
+    (stock TVM replays it: the guarded load), while its time and its side-by-side verification
+    are those of the real default, the one ``compile`` uses. Before, no default was stored for
+    such tasks and ``compile --db`` applied the best searched record even when slower."""
+    import tvm_ffi
+
+    from accelc.compiler.frontend import import_onnx
+    from accelc.schedules.tuning import database, driver, load_intrinsics
+    from accelc.targets import cpu
+
+    load_intrinsics("llvm")
+    target = cpu.host_target()
+    comps = driver.components("cpu", target)
+    tasks = comps["tasks"](import_onnx(mlp_model(batch=37)).mod)
+    task = next(t for t in tasks if "matmul_add_relu" in t.name)
+    real = comps["default_schedule"](task.mod, target).mod
+    rep = comps["replayable_default"](task.mod, target).mod
+    assert not tvm_ffi.structural_equal(real, rep), "batch 37 should pad the Matmul rule's rows"
+    assert "T.min(" in real.script() and "T.min(" not in rep.script()
+    tdb = database.open_database(tmp_path / "db", target, create=True)
+    try:
+        driver.measure_defaults([task], tdb, target, comps)
+        tdb.reload_records()
+        assert task.has_default and len(tdb.records) == 1 and not tdb.records[0].searched
+        stored = driver.as_stored(comps["replayable_default"](task.mod, target), task.mod, target)
+        assert tvm_ffi.structural_equal(tdb.records[0].tvm.as_measure_candidate().sch.mod, stored)
+        built = []
+
+        class Spy:  # records what the verification builds, then builds it
+            def build(self, inputs):
+                built.extend(i.mod for i in inputs)
+                return comps["builder"].build(inputs)
+
+        from tvm.s_tir import meta_schedule as ms
+
+        search = comps["replayable_default"](task.mod, target)  # a "searched" record: the guarded one
+        search.enter_postproc()  # as MetaSchedule's search marks its traces
+
+        args = ms.arg_info.ArgInfo.from_entry_func(search.mod, remove_preproc=True)
+        tdb.db.commit_tuning_record(ms.database.TuningRecord(search.trace, tdb.db.commit_workload(task.mod),
+                                                             [1.0], target, args))
+        tdb.sync(1)
+        entries = driver.verify_best([task], tdb, target, {**comps, "builder": Spy()}, log=lambda _: None, rounds=1)
+        assert len(entries) == 1 and len(built) == 2
+        # the default is timed as compile runs it (clamped), the searched record as stored
+        assert tvm_ffi.structural_equal(built[0], real) and tvm_ffi.structural_equal(built[1], stored)
+    finally:
+        tdb.close()
+
+
+def test_records_of_a_workload_the_search_committed_are_read_back(tuned, tmp_path):
+    """A task without a stored default gets its workload from the search (MetaSchedule commits
+    it); re-reading the records after the search must know that workload."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.schedules.tuning import database, load_intrinsics
+    from accelc.targets import cpu
+
+    load_intrinsics("llvm")
+    target = cpu.host_target()
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    tdb = database.open_database(db, target, create=True)
+    try:
+        a = te.placeholder((4, 4), name="a")
+        mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((4, 4), lambda i, j: a[i, j] + 1.0)])})
+        n = len(tdb.workloads)
+        sch = tvm.s_tir.Schedule(mod)
+        tdb.db.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, tdb.db.commit_workload(mod), [1e-6], target, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+        tdb.sync(1)
+        tdb.reload_records()
+        assert len(tdb.workloads) == n + 1 and tdb.records[-1].workload == n
+        assert tdb.workload_index(mod) == n
+    finally:
+        tdb.close()
+
+
 @pytest.mark.parametrize("case", ["not json", "unknown line", "other workload"])
 def test_corrupt_verification_is_refused_untouched(tuned, tmp_path, capsys, case):
     db = tmp_path / "db"

@@ -15,6 +15,8 @@ The schedule is the BLIS/GotoBLAS one, written with TVM schedule primitives:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import tvm
@@ -38,6 +40,23 @@ from .base import (
 )
 
 _FLOAT = ("float32", "float64", "float16", "bfloat16")
+
+#: True while the rule must return a schedule its trace replays (MetaSchedule stores traces):
+#: ``clamp_padded_rows`` is a rewrite, not a schedule primitive, so it is left out then.
+_REPLAYABLE = contextvars.ContextVar("accelc_matmul_replayable", default=False)
+
+
+@contextlib.contextmanager
+def replayable_only():
+    """Within it, the rule's schedule is exactly what its trace replays to: the padded rows keep
+    ``pad_einsum``'s inlined guard instead of the clamped load (same results, a select in the
+    micro-kernel). ``accelc tune`` stores a task's default schedule this way."""
+    token = _REPLAYABLE.set(True)
+    try:
+        yield
+    finally:
+        _REPLAYABLE.reset(token)
+
 #: Accumulator dtypes the rule takes: float GEMMs and int8 × int8 → int32 (schedules/int8.py).
 _ACC = _FLOAT + ("int32",)
 _S, _I, _J, _K = IterKind.kIter_S, IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K
@@ -134,7 +153,7 @@ class Matmul(CPURule):
             padded_rows = _schedule(sch, main, cpu_shape(target), layout_free, func)
         except (ValueError, s_tir.ScheduleError, RuntimeError):  # TVM errors are RuntimeErrors
             return None  # a shape this rule cannot take: the next rule tries
-        if padded_rows:
+        if padded_rows and not _REPLAYABLE.get():
             return s_tir.Schedule(clamp_padded_rows(sch.mod["main"], sch.get(main).name_hint))
         return sch
 

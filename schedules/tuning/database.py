@@ -152,7 +152,10 @@ class TuningDB:
                                    searched=False))
 
     def reload_records(self) -> None:
-        """Re-read the record file (records appended by the search since it was opened)."""
+        """Re-read the record file (records appended by the search since it was opened), and the
+        workloads the search committed for tasks that had none yet."""
+        for n, obj in _read_lines(self.path / WORKLOADS, False, [], _workload_ok)[len(self.workloads):]:
+            self.workloads.append(_parse_workload(self.path / WORKLOADS, n, obj))
         lines = _read_lines(self.record_file, False, [], lambda o: True)
         self.records = [_parse_record(self.record_file, n, obj, self.workloads, self.want) for n, obj in lines]
 

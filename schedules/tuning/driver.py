@@ -106,7 +106,8 @@ def components(target: str, tvm_target, rpc: str | None = None, fast_math: bool 
         return {"target": tvm_target, "space": "post-order-apply", "runner": runner, "builder": local_builder(),
                 "tasks": lambda mod: relax_tasks(mod, tvm_target, _cpu_front_passes(tvm_target, fast_math),
                                                  _not_a_named_kernel),
-                "default_schedule": _cpu_default_schedule, "cost_kind": "llvm"}
+                "default_schedule": _cpu_default_schedule, "cost_kind": "llvm",
+                "replayable_default": lambda mod, t: _cpu_default_schedule(mod, t, replayable=True)}
     if target == "cuda":
         from ...targets import cuda
 
@@ -192,13 +193,18 @@ def _cpu_front_passes(tvm_target, fast_math: bool = True) -> list:
     return cpu.front_passes(tvm_target, fast_math)
 
 
-def _cpu_default_schedule(mod, tvm_target):
-    """The schedule ``accelc compile`` gives the task without a database (None: unscheduled)."""
+def _cpu_default_schedule(mod, tvm_target, replayable: bool = False):
+    """The schedule ``accelc compile`` gives the task without a database (None: unscheduled).
+    ``replayable``: the one its trace replays to, as stored in the database (the Matmul rule's
+    clamped padding rows are a rewrite after the schedule: see ``replayable_only``)."""
+    import contextlib
+
     from tvm.s_tir.dlight.base.transform import _apply_rules
 
     from ..cpu import default_rules
+    from ..cpu.matmul import replayable_only
 
-    with tvm_target:
+    with tvm_target, (replayable_only() if replayable else contextlib.nullcontext()):
         schs = _apply_rules(mod["main"], tvm_target, default_rules(), tunable=False)
     return schs[0] if schs else None
 
@@ -256,6 +262,7 @@ def measure_defaults(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict) 
     if not todo:
         return
     schs = [comps["default_schedule"](t.mod, tvm_target) for t in todo]
+    stored = [_replayable_default(comps, t.mod, tvm_target) for t in todo]
     mods = [s.mod if s is not None else t.mod for s, t in zip(schs, todo)]
     args = [_args_info(m) for m in mods]  # None: MetaSchedule cannot split out its weight packing
     ok = [i for i, a in enumerate(args) if a is not None]
@@ -274,15 +281,62 @@ def measure_defaults(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict) 
         if i in built and built[i].error_msg is None:
             remove_build_dir(built[i].artifact_path)
         secs = secs or ([t.before] if t.before else None)
-        if secs and args[i] is not None and schs[i] is not None and not t.has_default and schs[i].trace is not None:
-            record = ms.database.TuningRecord(schs[i].trace, ms.database.Workload(t.mod), secs, tvm_target, args[i])
+        rep = stored[i]
+        if secs and args[i] is not None and rep is not None and not t.has_default and rep.trace is not None:
+            record = ms.database.TuningRecord(rep.trace, ms.database.Workload(t.mod), secs, tvm_target, args[i])
             try:
                 replayed = record.as_measure_candidate().sch.mod
             except Exception:  # noqa: BLE001 - a rule used a step TVM cannot replay: keep no record
                 continue
-            if tvm_ffi.structural_equal(replayed, mods[i]):
-                tdb.commit_default(t.mod, schs[i], secs, tvm_target)
+            if tvm_ffi.structural_equal(replayed, rep.mod):
+                tdb.commit_default(t.mod, rep, secs, tvm_target)
                 t.has_default = True
+
+
+def _replayable_default(comps: dict, mod, tvm_target):
+    """The default schedule as the database stores it: its trace, which stock TVM replays. The
+    record's time is the real default's (``default_schedule``), and ``compile --db`` and the
+    verification use the real default whenever the record wins or is timed."""
+    return comps.get("replayable_default", comps["default_schedule"])(mod, tvm_target)
+
+
+def stale_defaults(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict) -> list[Task]:
+    """Tasks whose latest stored default schedule is not the one today's rules give (the rules
+    improved since the database was tuned): their searched records were verified against an old
+    default, so today's default must be measured and verified against them again."""
+    import tvm_ffi
+
+    out = []
+    for t in tasks:
+        stored = [r for r in tdb.records_of(t.mod) if not r.searched and r.tvm is not None]
+        if not stored:
+            continue
+        sch = _replayable_default(comps, t.mod, tvm_target)
+        if sch is None or sch.trace is None:
+            continue
+        try:
+            replayed = stored[-1].tvm.as_measure_candidate().sch.mod
+            today = as_stored(sch, t.mod, tvm_target)
+        except Exception:  # noqa: BLE001 - a record TVM no longer replays is as stale as it gets
+            replayed = today = None
+        if replayed is None or not tvm_ffi.structural_equal(replayed, today):
+            out.append(t)
+    return out
+
+
+def as_stored(sch, mod, tvm_target):
+    """The module ``sch``'s trace replays to once written to and read from the database (the
+    JSON round trip turns annotation values such as ``True`` into ``1``)."""
+    import tempfile
+
+    from tvm.s_tir import meta_schedule as ms
+
+    with tempfile.TemporaryDirectory(prefix="accelc-record-") as tmp:  # TVM's own writer and reader
+        db = ms.database.JSONDatabase(work_dir=tmp, allow_missing=True)
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), [1.0], tvm_target,
+                                                         _args_info(sch.mod)))
+        (rec,) = ms.database.JSONDatabase(work_dir=tmp, allow_missing=False).get_all_tuning_records()
+        return rec.as_measure_candidate().sch.mod
 
 
 def _args_info(mod):
@@ -480,10 +534,16 @@ def _tune(tasks, tdb: TuningDB, tvm_target, comps, model_name, target_name, tria
     result = TuneResult(tdb.path, tasks, None)  # type: ignore[arg-type]
     known_before = curves.load_before(tdb.path)
     by_task = {t.name: tdb.records_of(t.mod) for t in tasks}
-    for t in tasks:  # the default latency: its record in the database, else an earlier curve.json
+    for t in tasks:  # the default latency: its latest record in the database, else an earlier curve.json
         defaults = [r.secs for r in by_task[t.name] if not r.searched and math.isfinite(r.secs)]
         t.has_default = bool(defaults)
-        t.before = defaults[0] if defaults else known_before.get(t.key)
+        t.before = defaults[-1] if defaults else known_before.get(t.key)
+    stale = stale_defaults(tasks, tdb, tvm_target, comps)
+    if stale:
+        log(f"{len(stale)} task(s) were tuned against an older default schedule than today's rules give: "
+            "measuring today's default and verifying it against their best records")
+        for t in stale:
+            t.has_default, t.before = False, None
     measure_defaults(tasks, tdb, tvm_target, comps)
     by_task = {t.name: tdb.records_of(t.mod) for t in tasks}
     for t in tasks:
@@ -531,8 +591,8 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
     for t in tasks:
         w = wid[t.name]
         recs = [r for r in tdb.records if r.workload == w and math.isfinite(r.secs) and r.tvm is not None]
-        chosen = [r for r in recs if not r.searched][:1] + sorted((r for r in recs if r.searched),
-                                                                   key=lambda r: r.secs)[:top]
+        latest_default = [r for r in recs if not r.searched][-1:]
+        chosen = latest_default + sorted((r for r in recs if r.searched), key=lambda r: r.secs)[:top]
         old = tdb.verified.get(w)
         if len(chosen) >= 2 and (old is None or set(old.secs) != {r.line for r in chosen}):
             picks[w] = chosen
@@ -542,7 +602,12 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
         return []
     flat = [r for chosen in picks.values() for r in chosen]
     cands = [r.tvm.as_measure_candidate() for r in flat]
-    built = comps["builder"].build([ms.builder.BuilderInput(c.sch.mod, tvm_target) for c in cands])
+    by_workload = {wid[t.name]: t for t in tasks}
+    # the default record stands for today's default schedule: time that one (the stored trace
+    # may replay to less, e.g. without the Matmul rule's clamped padding rows)
+    mods = [c.sch.mod if r.searched else _real_default(comps, by_workload[r.workload].mod, tvm_target, c.sch.mod)
+            for r, c in zip(flat, cands)]
+    built = comps["builder"].build([ms.builder.BuilderInput(m, tvm_target) for m in mods])
     device = "cuda" if tvm_target.kind.name == "cuda" else "cpu"
     inputs, owner = [], []  # owner: the record line each run times
     for _ in range(rounds):
@@ -574,6 +639,18 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
             if w in picks and w in tdb.verified:
                 _curve_verified(curve, t, tdb, tdb.verified[w])
     return entries
+
+
+def _real_default(comps: dict, mod, tvm_target, replayed):
+    """Today's default schedule of ``mod`` where its replayable form is ``replayed`` (the stored
+    default record is today's: ``stale_defaults`` re-measures it otherwise), else ``replayed``."""
+    import tvm_ffi
+
+    rep = _replayable_default(comps, mod, tvm_target)
+    if rep is None or rep.trace is None or not tvm_ffi.structural_equal(as_stored(rep, mod, tvm_target), replayed):
+        return replayed
+    real = comps["default_schedule"](mod, tvm_target)
+    return real.mod if real is not None else replayed
 
 
 def _curve_verified(curve, task: Task, tdb: TuningDB, ver) -> None:
