@@ -427,6 +427,9 @@ def emit_layer(bb, call, cand: Candidate, matmul):
     n = cand.weight.shape[1]
     if cand.conv is not None:
         x2 = _emit_patches(bb, x, cand.conv)
+    elif static_shape(x) == [cand.rows, cand.weight.shape[0]]:
+        x2 = x  # already the matrix. A reshape to the same shape is a copy when x is a function
+        # parameter (RewriteDataflowReshape turns only the others into views): 4 MB a call at 1024²
     else:
         x2 = bb.emit(relax.op.reshape(x, (cand.rows, cand.weight.shape[0])))
     y2 = matmul(x2)
@@ -434,7 +437,8 @@ def emit_layer(bb, call, cand: Candidate, matmul):
         g = cand.conv
         y4 = bb.emit(relax.op.reshape(y2, (g.batch, g.out_hw[0], g.out_hw[1], n)))
         return relax.op.permute_dims(y4, [0, 3, 1, 2])
-    return relax.op.reshape(y2, static_shape(x)[:-1] + [n])
+    out = static_shape(x)[:-1] + [n]
+    return y2 if out == [cand.rows, n] else relax.op.reshape(y2, out)
 
 
 def _emit_patches(bb, x, g: ConvGeometry):

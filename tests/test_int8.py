@@ -129,3 +129,40 @@ def _shift_only_cfg():
     path.write('[array]\npe_type = "shift-add"\n')
     path.close()
     return path.name
+
+
+def _reshapes(model, passes):
+    """(input shape, output shape) of every reshape of a layer's data in ``main`` after
+    ``passes`` (not the row scales' [rows, 1] → [rows], a view)."""
+    from tvm import relax
+
+    from accelc.compiler.frontend import import_onnx
+    from accelc.compiler.pipeline import apply_passes
+    from accelc.passes import static_shape
+
+    mod, _ = apply_passes(import_onnx(model), passes, None)
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(
+        (static_shape(e.args[0]), static_shape(e))) if isinstance(e, relax.Call)
+        and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.reshape" else None)
+    return [r for r in found if r[0][-1] != 1]
+
+
+def test_int8_layers_on_matrices_add_no_reshape():
+    """A layer whose input already is the [rows, K] matrix gets no reshape around its GEMM: a
+    same-shape reshape of a function parameter stays a 4 MB copy at 1024² (RewriteDataflowReshape
+    makes views only of the others); 3-D inputs still get theirs."""
+    assert _reshapes(mlp_model(batch=8), ["int8"]) == []
+    from accelc.tests.util import make_model
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", TensorProto.FLOAT, [2, 5, 16])],
+                       [("y", TensorProto.FLOAT, [2, 5, 8])], [("w", w)])
+    assert sorted(_reshapes(model, ["int8"])) == [([2, 5, 16], [10, 16]), ([10, 8], [2, 5, 8])]
+    x = np.random.default_rng(1).standard_normal((2, 5, 16)).astype(np.float32)
+    got = accelc.compile(model, passes=["int8"]).run({"x": x})["y"]
+    xq, sx = quantize_activation(x.reshape(10, 16))
+    wq, sw = quantize_weight(w)
+    want = (xq.astype(np.int64) @ wq.astype(np.int64)).astype(np.float32) * sx[:, None] * sw[None, :]
+    np.testing.assert_allclose(got, want.reshape(2, 5, 8), rtol=1e-6, atol=1e-6)
