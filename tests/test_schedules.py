@@ -110,6 +110,27 @@ def test_attention_matmuls_read_their_operands_in_place(cpu_target):
     assert "T.min(" in tir and "reindex_pad" in tir
 
 
+@pytest.mark.parametrize("const_b,trans_b", [(False, True), (True, False)])
+def test_ragged_columns_overlap_the_last_panel(cpu_target, const_b, trans_b):
+    """197 columns (Q·Kᵀ's keys, or a weight's): the last panel computes the last nr real
+    columns, so B's packing reads no guard and the write-back stores whole vectors with no
+    column predicate (which scalarized it); the results equal the padded schedule's bit for bit
+    (the shared columns are the same products in the same order)."""
+    from accelc.schedules.cpu.matmul import replayable_only
+
+    fused, got, want = _matmul_case(cpu_target, (1,), 37, 64, 197, const_b, trans_b)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    tir = re.sub(r"T\.int64\((\d+)\)", r"\1", _scheduled_by(Matmul(), fused, cpu_target, "matmul"))
+    (nr, last), = set(re.findall(r"T\.min\(v\w+ // (\d+) \* \1, (\d+)\)", tir)) or {(0, 0)}
+    assert int(nr) > 0 and int(last) == 197 - int(nr), tir
+    assert "if_then_else" not in tir
+    assert not [w for w in re.findall(r"T\.where\((.*)\)", tir) if "< 197" in w], "a column predicate survived"
+    with replayable_only():  # the padded, guarded schedule (what a tuning record replays)
+        _, padded, _ = _matmul_case(cpu_target, (1,), 37, 64, 197, const_b, trans_b)
+        assert "if_then_else" in _scheduled_by(Matmul(), fused, cpu_target, "matmul")
+    assert np.array_equal(got, padded)
+
+
 def test_only_the_row_guard_is_clamped():
     """``clamp_padded_rows`` rewrites ``if_then_else(i < m, A[i, k], 0)`` (padding rows, never
     written back) and leaves a guard on k alone (padding k adds zeros that count)."""
