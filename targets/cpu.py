@@ -163,23 +163,49 @@ def fast_math_legalize_map() -> dict:
     }
 
 
+def _take_constant(bb: relax.BlockBuilder, call: relax.Call):
+    """``take(x, i, axis)`` with a constant scalar ``i`` (ONNX Gather of a fixed index, e.g.
+    ``qkv[0]`` of a fused attention projection) as a static slice. TVM's legalization reads the
+    index from a tensor at run time: an opaque gather (op pattern 8) that fuses with nothing and
+    copies element by element; a static slice is injective, so FuseOps fuses it with the
+    transpose that follows (DeiT's K) and it vectorizes."""
+    x, idx = call.args
+    if not isinstance(idx, tvm.ir.expr.Constant) or idx.value.numpy().ndim != 0 or call.attrs.axis is None:
+        return None
+    shape = [int(d) for d in x.ty.shape] if all(isinstance(d, tirx.IntImm) for d in x.ty.shape) else None
+    if shape is None:
+        return None
+    axis = int(call.attrs.axis) % len(shape)
+    i = int(idx.value.numpy())
+    i = i + shape[axis] if i < 0 else i
+    if not 0 <= i < shape[axis]:
+        return None  # out of range: TVM's legalization keeps its own (run-time) behaviour
+    out_shape = shape[:axis] + shape[axis + 1:]
+
+    def take(t):
+        return te.compute(out_shape, lambda *o: t(*o[:axis], i, *o[axis:]), name="T_take")
+
+    return bb.call_te(take, x, primfunc_name_hint="take_const")
+
+
 def _legalize(fast_math: bool) -> tvm.transform.Pass:
     if not fast_math:
-        return relax.transform.LegalizeOps()
-    custom = fast_math_legalize_map()
+        return relax.transform.LegalizeOps({"relax.take": _with_default("relax.take", _take_constant)})
+    custom = {**fast_math_legalize_map(), "relax.take": _take_constant}
 
-    # LegalizeOps calls a customized legalizer unconditionally; fall back to the default one
-    # for dtypes the fast kernels do not cover.
-    def wrap(op_name, fn):
-        default = tvm.ir.Op.get(op_name).get_attr("FLegalize")
+    return relax.transform.LegalizeOps({k: _with_default(k, v) for k, v in custom.items()})
 
-        def legalize(bb, call):
-            out = fn(bb, call)
-            return default(bb, call) if out is None else out
 
-        return legalize
+def _with_default(op_name: str, fn):
+    """LegalizeOps calls a customized legalizer unconditionally; fall back to the default one
+    where ``fn`` returns None (dtypes the fast kernels do not cover, non-constant indices)."""
+    default = tvm.ir.Op.get(op_name).get_attr("FLegalize")
 
-    return relax.transform.LegalizeOps({k: wrap(k, v) for k, v in custom.items()})
+    def legalize(bb, call):
+        out = fn(bb, call)
+        return default(bb, call) if out is None else out
+
+    return legalize
 
 
 @tvm.transform.module_pass(opt_level=0, name="accelc.cpu.ChannelsLastConvs")

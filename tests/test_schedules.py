@@ -255,3 +255,23 @@ def test_reduction_rules_match_numpy(cpu_target, name, shape, fn, ref, rule):
     assert "T.parallel" in tir
     if shape[-1] % 8 == 0:  # ragged rows stay scalar
         assert "T.vectorized" in tir
+
+
+@pytest.mark.parametrize("index,axis", [(1, 0), (-1, 0), (2, 2), (0, -1)])
+def test_take_of_a_constant_index_is_a_static_slice_fused_with_its_transpose(cpu_target, index, axis):
+    """``take(x, const i, axis)`` (ONNX Gather of a fixed index: ``qkv[1]``) legalizes to a
+    static slice, which FuseOps fuses with the transpose after it; TVM's own legalization reads
+    the index at run time, an opaque gather that fuses with nothing."""
+    x_np = np.random.default_rng(0).standard_normal((3, 2, 4, 5)).astype("float32")
+    x = relax.Var("x", relax.TensorType(x_np.shape, "float32"))
+
+    def fn(bb, x):
+        t = bb.emit(relax.op.take(x, relax.const(index, "int64"), axis=axis))
+        return bb.emit(relax.op.permute_dims(t, list(reversed(range(3)))))
+
+    fused, vm = _build(fn, [x], cpu_target)
+    got = vm["main"](tvm.runtime.tensor(x_np)).numpy()
+    want = np.transpose(np.take(x_np, index, axis=axis), (2, 1, 0))
+    np.testing.assert_array_equal(got, want)
+    names = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(names) == 1 and "take_const" in names[0] and "transpose" in names[0], names
