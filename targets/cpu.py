@@ -19,6 +19,7 @@ from tvm.target.codegen import llvm_get_system_cpu
 
 from ..errors import ArtifactError
 from ..schedules.cpu import default_rules
+from .cpu_fusion import fuse_layout_into_matmul
 
 TAG = "accelc/cpu"
 # ISA extensions that decide whether code built for one x86 CPU runs on another.
@@ -248,6 +249,7 @@ def front_passes(target: Target, fast_math: bool = True) -> list:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        fuse_layout_into_matmul,
         relax.transform.AttachAttrLayoutFreeBuffers(),
     ]
 
