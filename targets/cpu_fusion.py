@@ -1,13 +1,18 @@
-"""Relax pass of the CPU pipeline: layout producers fused into the GEMM that consumes them.
+"""Relax pass of the CPU pipeline: layout ops fused into the GEMMs around them.
 
-TVM's FuseOps fuses an injective op into its consumer only when every op on the way, the
-consumer included, is injective, so a transpose, slice or reshape in front of a matmul
-(kOutEWiseFusable) stays a kernel of its own that writes a copy the GEMM then reads. In a
-transformer block those are Q, K and V cut out of the fused QKV projection (with K's
-transpose) and the heads merged back before the output projection: 4 kernels and 4 copies a
-layer. This pass groups such a producer with its matmul (when the matmul is its only consumer)
-and lets ``FuseTIR`` make one PrimFunc of them; the Matmul rule inlines the producer into its
-operand read (A) or its panel packing (B), which it does anyway (``inline_spatial_around``).
+TVM's FuseOps fuses an injective op only into an injective consumer, and a matmul
+(kOutEWiseFusable) takes only elementwise consumers, so a transpose, slice or reshape next to
+a matmul stays a kernel of its own that writes a copy another kernel reads again. In a
+transformer block those are the heads split off the Q/K/V projections (with Kᵀ's transpose)
+and merged back before the output projection: up to 4 kernels and copies a layer.
+``fuse_layout_into_matmul`` (after FuseTIR) groups
+
+1. a GEMM whose only use is a layout op with that op: the Matmul rule reverse-inlines it into
+   the write-back, which then stores straight into the new layout;
+2. a layout op used only by a GEMM with that GEMM, where it feeds A or a B the rule packs
+   anyway: the rule inlines it into A's reads or B's packing (``inline_spatial_around``);
+
+and FuseTIR makes one PrimFunc of each group.
 """
 
 from __future__ import annotations
@@ -26,9 +31,26 @@ def _prim(mod, call):
     return func if isinstance(func, tirx.PrimFunc) else None
 
 
+def _tensor(binding) -> bool:
+    """The binding's value is one tensor (not a tuple of outputs)."""
+    return isinstance(binding.var.ty, relax.TensorType)
+
+
 def _pattern(func) -> int | None:
     value = (func.attrs or {}).get("op_pattern")
     return int(value) if value is not None else None
+
+
+def _is_layout_op(func) -> bool:
+    """Every block only moves data: ``out[...] = in[...]`` (transpose, reshape, slice). Casts
+    stay out: a float32→bfloat16→float32 rounding inlined into the GEMM lost its rounding to
+    TVM's bfloat16 legalization (the fp16 pass's bf16 model then mismatched)."""
+    import tvm_ffi
+
+    bodies = []
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: bodies.append(b) if b.name_hint != "root" else None)])
+    return bool(bodies) and all(isinstance(b.body, tirx.BufferStore) and isinstance(b.body.value, tvm.ir.expr.TensorLoad)
+                                for b in bodies)
 
 
 def _fusable_operands(func) -> set[int]:
@@ -45,16 +67,17 @@ def _fusable_operands(func) -> set[int]:
     from tvm.target import Target
 
     from ..schedules.cpu.base import cpu_shape, is_reduction
-    from ..schedules.cpu.matmul import _is_multiply_accumulate, detect_iter_traits, micro_kernel
+    from ..schedules.cpu.matmul import is_multiply_accumulate, detect_iter_traits, micro_kernel
+    from ..schedules.kernel_attrs import kernel_name
 
-    if (func.attrs or {}).get("tirx.is_scheduled", False):
-        return set()
+    if (func.attrs or {}).get("tirx.is_scheduled", False) or kernel_name(func) is not None:
+        return set()  # written out, or one of our named kernels (their rules rebuild the body)
     try:
         sch = s_tir.Schedule(func)
     except Exception:  # noqa: BLE001 - not a schedulable PrimFunc (opaque blocks, IR builder)
         return set()
     reds = [sch.get(b) for b in sch.get_child_blocks(get_root_block(sch)) if is_reduction(sch, b)]
-    if len(reds) != 1 or not _is_multiply_accumulate(reds[0]) or len(reds[0].reads) < 2:
+    if len(reds) != 1 or not is_multiply_accumulate(reds[0]) or len(reds[0].reads) < 2:
         return set()
     red = reds[0]
     traits = detect_iter_traits(red)
@@ -106,12 +129,12 @@ def _group_all(mod: tvm.IRModule) -> tvm.IRModule | None:
             for b in block.bindings:
                 callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
                 if callee is not None and _pattern(callee) is not None and _pattern(callee) <= _INJECTIVE \
-                        and uses.get(b.var, 0) == 1:
+                        and uses.get(b.var, 0) == 1 and _tensor(b) and _is_layout_op(callee):
                     producers[b.var] = b
             groups = {}  # consumer binding → [(argument position, producer binding)]
             for b in block.bindings:
                 callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
-                if callee is None or _pattern(callee) != _OUT_EWISE_FUSABLE:
+                if callee is None or _pattern(callee) != _OUT_EWISE_FUSABLE or not _tensor(b):
                     continue
                 hits = [(i, producers[a]) for i, a in enumerate(b.value.args[1].fields)
                         if isinstance(a, relax.Var) and a in producers]
@@ -159,10 +182,77 @@ def _group(mod, cons, hits):
     return bb.get(), relax.Call(gv, outer)
 
 
+def _group_consumers(mod: tvm.IRModule) -> tvm.IRModule | None:
+    """Group every GEMM whose only use is a layout op (one input: its output) with that op, so
+    the write-back stores straight into the new layout (the QKV projection's head split);
+    None when there is none."""
+    out, changed = mod, False
+    for gv, func in mod.functions_items():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr) \
+                or (func.attrs and "Primitive" in func.attrs):
+            continue
+        uses = _uses(func)
+        blocks = list(func.body.blocks)
+        touched = False
+        for bi, block in enumerate(blocks):
+            if not isinstance(block, relax.DataflowBlock):
+                continue
+            gemms = {}
+            for b in block.bindings:
+                callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
+                if callee is not None and _pattern(callee) == _OUT_EWISE_FUSABLE and uses.get(b.var, 0) == 1 \
+                        and _tensor(b) and _fusable_operands(callee):
+                    gemms[b.var] = b
+            pairs = {}  # layout-op binding → the GEMM binding it reads
+            for b in block.bindings:
+                callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
+                if callee is None or _pattern(callee) is None or _pattern(callee) > _INJECTIVE \
+                        or not _tensor(b) or not _is_layout_op(callee):
+                    continue
+                args = list(b.value.args[1].fields)
+                if len(args) == 1 and isinstance(args[0], relax.Var) and args[0] in gemms:
+                    pairs[b] = gemms[args[0]]
+            if not pairs:
+                continue
+            dropped = set(pairs.values())
+            bindings = []
+            for b in block.bindings:
+                if b in dropped:
+                    continue
+                if b in pairs:
+                    out, call = _chain(out, pairs[b], b)
+                    b = relax.VarBinding(b.var, call)
+                bindings.append(b)
+            blocks[bi] = relax.DataflowBlock(bindings)
+            touched = changed = True
+        if touched:
+            out[gv] = relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure,
+                                     func.attrs)
+    return out if changed else None
+
+
+def _chain(mod, gemm, layout):
+    """A Primitive function: ``gemm`` then ``layout`` on its output."""
+    outer = list(gemm.value.args[1].fields)
+    params = [relax.Var(f"p{i}", a.ty) for i, a in enumerate(outer)]
+    bb = relax.BlockBuilder(mod)
+    with bb.function(f"{gemm.value.args[0].name_hint}_{layout.value.args[0].name_hint}", params,
+                     attrs={"Primitive": True}, private=True):
+        with bb.dataflow():
+            t = bb.emit(relax.call_tir(gemm.value.args[0], params, gemm.var.ty))
+            out = bb.emit_output(relax.call_tir(layout.value.args[0], [t], layout.var.ty))
+        gv = bb.emit_func_output(out)
+    return bb.get(), relax.Call(gv, outer)
+
+
 @tvm.transform.module_pass(opt_level=0, name="accelc.cpu.FuseLayoutIntoMatmul")
 def fuse_layout_into_matmul(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """Group every single-use injective producer with the GEMM reading it, then FuseTIR."""
+    """Group GEMMs with the layout ops around them (see the module docstring), then FuseTIR."""
     mod = relax.transform.AnnotateTIROpPattern()(mod)
+    grouped = _group_consumers(mod)  # first: a layout op after a GEMM goes into its write-back
+    if grouped is not None:
+        mod = relax.transform.FuseTIR()(grouped)
+        mod = relax.transform.AnnotateTIROpPattern()(relax.transform.DeadCodeElimination()(mod))
     for _ in range(4):  # a group's PrimFunc can take a producer of its own next round
         grouped = _group_all(mod)
         if grouped is None:

@@ -146,7 +146,7 @@ class Matmul(CPURule):
         stmt = sch.get(main)
         if detect_iter_traits(stmt) is None or str(stmt.writes[0].source.dtype) not in _ACC:
             return None
-        if not _is_multiply_accumulate(stmt):
+        if not is_multiply_accumulate(stmt):
             return None
         layout_free = {int(i) for i in (func.attrs or {}).get("layout_free_buffers", [])}
         try:
@@ -163,7 +163,7 @@ class Matmul(CPURule):
         return s_tir.Schedule(out)
 
 
-def _is_multiply_accumulate(block: s_tir.SBlock) -> bool:
+def is_multiply_accumulate(block: s_tir.SBlock) -> bool:
     """``C = C + A * B`` (possibly with casts): what the rule's micro-kernel computes."""
     body = block.body
     if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
