@@ -347,6 +347,7 @@ def overlap_last_panel(func: tirx.PrimFunc, pack: str, writeback: str, n: int, n
             c = cond.a
             if sum(idx.same_as(c) for idx in then.indices) != 1:
                 return call
+            unguarded.append(call)
             return tirx.BufferLoad(then.source, [real(c) if idx.same_as(c) else idx for idx in then.indices])
 
         return tvm_ffi.structural_map(block, [(tvm.ir.expr.Call, unguard)])
@@ -355,25 +356,21 @@ def overlap_last_panel(func: tirx.PrimFunc, pack: str, writeback: str, n: int, n
         block = realize.block
         if block.name_hint != writeback:
             return realize
-        stores = []
-        tvm_ffi.structural_walk(block.body, [(tirx.BufferStore, stores.append)])
         loads = []
         tvm_ffi.structural_walk(block.body, [(tvm.ir.expr.TensorLoad, loads.append)])
-        if len(stores) != 1:
+        # the accumulator: the local buffer the write-back reads; its last index is the column
+        # (the store may be in any layout: a fused transpose writes out[.., j, i])
+        acc = {ld.source for ld in loads if str(ld.source.scope()) == "local"}
+        if len(acc) != 1:
             return realize
-        out = stores[0].buffer
-        col_vars = [iv for iv in block.iter_vars if iv.var.same_as(stores[0].indices[-1])]
-        if len(col_vars) != 1:
+        acc = acc.pop()
+        cols = {ld.indices[-1] for ld in loads if ld.source.same_as(acc)}
+        col_vars = [iv for iv in block.iter_vars if any(iv.var.same_as(c) for c in cols)]
+        if len(cols) != 1 or len(col_vars) != 1:
             return realize
         civ = col_vars[0]
         pos = [i for i, iv in enumerate(block.iter_vars) if iv.same_as(civ)][0]
         binding = realize.iter_values[pos]
-        # the accumulator: the loaded buffer indexed by the column var at its last axis, not C
-        acc = [ld.source for ld in loads if not ld.source.same_as(out) and ld.indices and ld.indices[-1].same_as(civ.var)
-               and str(ld.source.scope()) == "local"]
-        if not acc:
-            return realize
-        acc = acc[0]
         pad = (n + nr - 1) // nr * nr
 
         def move(node):
@@ -397,16 +394,24 @@ def overlap_last_panel(func: tirx.PrimFunc, pack: str, writeback: str, n: int, n
             return conjuncts(e.a) + conjuncts(e.b) if isinstance(e, tirx.And) else [e]
 
         ana = tvm.sym.Analyzer()
-        keep = [c for c in conjuncts(realize.predicate) if not (
+        parts = conjuncts(realize.predicate)
+        keep = [c for c in parts if not (
             isinstance(c, tirx.LT) and isinstance(c.b, tirx.IntImm) and c.b.value == n
             and ana.can_prove_equal(c.a, binding))]
+        if len(keep) != len(parts) - 1:  # the column guard must go, or the last columns go unwritten
+            return realize
+        done.append(block.name_hint)
         pred = keep[0] if keep else tirx.const(True, "bool")
         for c in keep[1:]:
             pred = tirx.And(pred, c)
         return s_tir.SBlockRealize(realize.iter_values, pred, new_block)
 
-    func = tvm_ffi.structural_map(func, [(s_tir.SBlock, rewrite_pack)])
-    return tvm_ffi.structural_map(func, [(s_tir.SBlockRealize, rewrite_writeback)])
+    unguarded, done = [], []
+    out = tvm_ffi.structural_map(func, [(s_tir.SBlock, rewrite_pack)])
+    out = tvm_ffi.structural_map(out, [(s_tir.SBlockRealize, rewrite_writeback)])
+    # both halves or neither: a last panel computing [n - nr, n) must be stored there, and one
+    # stored there must have been computed there
+    return out if len(unguarded) == 1 and done == [writeback] else func
 
 
 def _next_stage(sch: s_tir.Schedule, blk, main):
