@@ -45,12 +45,36 @@ def _is_layout_op(func) -> bool:
     """Every block only moves data: ``out[...] = in[...]`` (transpose, reshape, slice). Casts
     stay out: a float32→bfloat16→float32 rounding inlined into the GEMM lost its rounding to
     TVM's bfloat16 legalization (the fp16 pass's bf16 model then mismatched)."""
-    import tvm_ffi
-
-    bodies = []
-    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: bodies.append(b) if b.name_hint != "root" else None)])
+    bodies = _blocks(func)
     return bool(bodies) and all(isinstance(b.body, tirx.BufferStore) and isinstance(b.body.value, tvm.ir.expr.TensorLoad)
                                 for b in bodies)
+
+
+def _keeps_rows_contiguous(func) -> bool:
+    """Every copy's innermost output index moves with its innermost input index: a write-back
+    storing through it still writes whole vectors along the GEMM's columns. (Kᵀ's transpose,
+    [.., seq, d] → [.., d, seq], would scatter them: it is read through by Q·Kᵀ's packing
+    instead.)"""
+    import tvm_ffi
+
+    def vars_of(expr):
+        found = []
+        tvm_ffi.structural_walk(expr, [(tirx.Var, found.append)])
+        return found
+
+    ok = []
+    for b in _blocks(func):
+        out_vars, in_vars = vars_of(b.body.indices[-1]), vars_of(b.body.value.indices[-1])
+        ok.append(any(v.same_as(w) for v in out_vars for w in in_vars))
+    return bool(ok) and all(ok)
+
+
+def _blocks(func) -> list:
+    import tvm_ffi
+
+    found = []
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: found.append(b) if b.name_hint != "root" else None)])
+    return found
 
 
 def _fusable_operands(func) -> set[int]:
@@ -207,7 +231,7 @@ def _group_consumers(mod: tvm.IRModule) -> tvm.IRModule | None:
             for b in block.bindings:
                 callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
                 if callee is None or _pattern(callee) is None or _pattern(callee) > _INJECTIVE \
-                        or not _tensor(b) or not _is_layout_op(callee):
+                        or not _tensor(b) or not _is_layout_op(callee) or not _keeps_rows_contiguous(callee):
                     continue
                 args = list(b.value.args[1].fields)
                 if len(args) == 1 and isinstance(args[0], relax.Var) and args[0] in gemms:

@@ -303,12 +303,14 @@ def test_layout_ops_fuse_into_the_gemms_around_them(cpu_target):
     """Attention's head split and merge (reshape + transpose) around matmuls: FuseOps keeps
     them as kernels of their own (an injective op fuses only into an injective consumer).
     ``fuse_layout_into_matmul`` puts a layout op that is a GEMM's only use into that GEMM's
-    write-back (Q's projection, P·V), and a layout op feeding a GEMM's A, or a B the rule packs
-    anyway, into its operand reads (Kᵀ into Q·Kᵀ); a B the rule reads in place (one register
-    panel: V in P·V) keeps its producer."""
+    write-back (Q's projection, P·V) when the write-back still stores whole vectors (not Kᵀ's
+    [seq, d] → [d, seq]), and a layout op feeding a GEMM's A, or a B the rule packs anyway, into
+    its operand reads (Kᵀ's split into Q·Kᵀ); a B the rule reads in place (one register panel:
+    V in P·V) keeps its producer."""
     rng = np.random.default_rng(0)
     x_np, k_np, v_np = (rng.standard_normal((1, 40, 64)).astype("float32") for _ in range(3))
     wq_np, w_np = rng.standard_normal((64, 64)).astype("float32"), rng.standard_normal((64, 24)).astype("float32")
+    wk_np = rng.standard_normal((64, 64)).astype("float32")
     params = [relax.Var(n, relax.TensorType((1, 40, 64), "float32")) for n in "xkv"]
 
     def heads(bb, t):  # [1, 40, 64] → [1, 4, 40, 16]
@@ -316,6 +318,7 @@ def test_layout_ops_fuse_into_the_gemms_around_them(cpu_target):
 
     def fn(bb, x, k, v):
         q = bb.emit(relax.op.matmul(x, relax.const(wq_np)))
+        k = bb.emit(relax.op.matmul(k, relax.const(wk_np)))
         s = bb.emit(relax.op.matmul(heads(bb, q), relax.op.permute_dims(heads(bb, k), [0, 1, 3, 2])))
         o = bb.emit(relax.op.matmul(s, heads(bb, v)))
         merged = bb.emit(relax.op.reshape(relax.op.permute_dims(o, [0, 2, 1, 3]), (1, 40, 64)))
@@ -324,10 +327,11 @@ def test_layout_ops_fuse_into_the_gemms_around_them(cpu_target):
     fused, vm = _build(fn, params, cpu_target)
     got = vm["main"](*[tvm.runtime.tensor(a) for a in (x_np, k_np, v_np)]).numpy()
     split = lambda t: t.reshape(1, 40, 4, 16).transpose(0, 2, 1, 3).astype(np.float64)  # noqa: E731
-    o = (split(x_np @ wq_np) @ split(k_np).transpose(0, 1, 3, 2)) @ split(v_np)
+    o = (split(x_np @ wq_np) @ split(k_np @ wk_np).transpose(0, 1, 3, 2)) @ split(v_np)
     np.testing.assert_allclose(got, o.transpose(0, 2, 1, 3).reshape(1, 40, 64) @ w_np, rtol=1e-4, atol=1e-3)
     names = sorted(gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
     assert names == ["fused_reshape_transpose1",  # V's split, read by P·V
-                     "fused_reshape_transpose_transpose1_matmul11",  # Kᵀ into Q·Kᵀ
-                     "matmul2_fused_transpose2_reshape11",  # the head merge into P·V's write-back
-                     "matmul31", "matmul_fused_reshape_transpose1"], names  # Q's split into its projection
+                     "fused_reshape_transpose_transpose1_matmul11",  # Kᵀ's split read through by Q·Kᵀ
+                     "matmul1",  # K's projection: its write-back would scatter through Kᵀ's split
+                     "matmul2_fused_transpose2_reshape11",  # the head merge in P·V's write-back
+                     "matmul31", "matmul_fused_reshape_transpose1"], names  # Q's split in its projection
