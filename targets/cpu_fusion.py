@@ -64,7 +64,10 @@ def _keeps_rows_contiguous(func) -> bool:
 
     ok = []
     for b in _blocks(func):
-        out_vars, in_vars = vars_of(b.body.indices[-1]), vars_of(b.body.value.indices[-1])
+        out_idx, in_idx = list(b.body.indices), list(b.body.value.indices)
+        if not out_idx or not in_idx:  # a scalar in or out: nothing to keep contiguous
+            return False
+        out_vars, in_vars = vars_of(out_idx[-1]), vars_of(in_idx[-1])
         ok.append(any(v.same_as(w) for v in out_vars for w in in_vars))
     return bool(ok) and all(ok)
 
