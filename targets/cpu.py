@@ -190,10 +190,7 @@ def _take_constant(bb: relax.BlockBuilder, call: relax.Call):
 
 
 def _legalize(fast_math: bool) -> tvm.transform.Pass:
-    if not fast_math:
-        return relax.transform.LegalizeOps({"relax.take": _with_default("relax.take", _take_constant)})
-    custom = {**fast_math_legalize_map(), "relax.take": _take_constant}
-
+    custom = {**(fast_math_legalize_map() if fast_math else {}), "relax.take": _take_constant}
     return relax.transform.LegalizeOps({k: _with_default(k, v) for k, v in custom.items()})
 
 

@@ -89,12 +89,11 @@ def _fusable_operands(func) -> set[int]:
     Empty for anything else (a conv reduces over kh, kw and channels: its rule is another)."""
     import math
 
-    from tvm.s_tir.dlight.analysis import get_root_block
     from tvm.s_tir.dlight.gpu.matmul import IterKind
     from tvm.target import Target
 
-    from ..schedules.cpu.base import cpu_shape, is_reduction
-    from ..schedules.cpu.matmul import is_multiply_accumulate, detect_iter_traits, micro_kernel
+    from ..schedules.cpu.base import cpu_shape
+    from ..schedules.cpu.matmul import detect_iter_traits, gemm_reduction, micro_kernel
     from ..schedules.kernel_attrs import kernel_name
 
     if (func.attrs or {}).get("tirx.is_scheduled", False) or kernel_name(func) is not None:
@@ -103,13 +102,13 @@ def _fusable_operands(func) -> set[int]:
         sch = s_tir.Schedule(func)
     except Exception:  # noqa: BLE001 - not a schedulable PrimFunc (opaque blocks, IR builder)
         return set()
-    reds = [sch.get(b) for b in sch.get_child_blocks(get_root_block(sch)) if is_reduction(sch, b)]
-    if len(reds) != 1 or not is_multiply_accumulate(reds[0]) or len(reds[0].reads) < 2:
+    main = gemm_reduction(sch)
+    if main is None:
         return set()
-    red = reds[0]
+    red = sch.get(main)
+    if sum(iv.iter_type == tirx.IterVar.CommReduce for iv in red.iter_vars) != 1:
+        return set()
     traits = detect_iter_traits(red)
-    if traits is None or sum(iv.iter_type == tirx.IterVar.CommReduce for iv in red.iter_vars) != 1:
-        return set()
     extents = {}
     for t in traits[3]:
         if not isinstance(t.extent, tirx.IntImm):
@@ -139,80 +138,12 @@ def _uses(func) -> dict:
     return counts
 
 
-def _group_all(mod: tvm.IRModule) -> tvm.IRModule | None:
-    """Group every GEMM with its single-use injective producers; None when there is none."""
-    out, changed = mod, False
-    for gv, func in mod.functions_items():
-        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr) \
-                or (func.attrs and "Primitive" in func.attrs):  # a group made here: FuseTIR's
-            continue
-        uses = _uses(func)
-        blocks = list(func.body.blocks)
-        touched = False
-        for bi, block in enumerate(blocks):
-            if not isinstance(block, relax.DataflowBlock):
-                continue
-            producers = {}
-            for b in block.bindings:
-                callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
-                if callee is not None and _pattern(callee) is not None and _pattern(callee) <= _INJECTIVE \
-                        and uses.get(b.var, 0) == 1 and _tensor(b) and _is_layout_op(callee):
-                    producers[b.var] = b
-            groups = {}  # consumer binding → [(argument position, producer binding)]
-            for b in block.bindings:
-                callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
-                if callee is None or _pattern(callee) != _OUT_EWISE_FUSABLE or not _tensor(b):
-                    continue
-                hits = [(i, producers[a]) for i, a in enumerate(b.value.args[1].fields)
-                        if isinstance(a, relax.Var) and a in producers]
-                ok = _fusable_operands(callee) if hits else set()
-                hits = [(i, p) for i, p in hits if i in ok]
-                if hits:
-                    groups[b] = hits
-            if not groups:
-                continue
-            dropped = {p for hits in groups.values() for _, p in hits}
-            bindings = []
-            for b in block.bindings:
-                if b in dropped:
-                    continue
-                if b in groups:
-                    out, call = _group(out, b, groups[b])
-                    b = relax.VarBinding(b.var, call)
-                bindings.append(b)
-            blocks[bi] = relax.DataflowBlock(bindings)
-            touched = changed = True
-        if touched:
-            out[gv] = relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure,
-                                     func.attrs)
-    return out if changed else None
-
-
-def _group(mod, cons, hits):
-    """A Primitive function calling the producers in ``hits`` and then ``cons`` (FuseTIR makes
-    one PrimFunc of it); returns the module with it and the call that replaces ``cons``."""
-    c_args = list(cons.value.args[1].fields)
-    at = dict(hits)
-    outer = [a for _, p in hits for a in p.value.args[1].fields] + [a for i, a in enumerate(c_args) if i not in at]
-    params = [relax.Var(f"p{i}", a.ty) for i, a in enumerate(outer)]
-    names = [p.value.args[0].name_hint for _, p in hits] + [cons.value.args[0].name_hint]
-    bb = relax.BlockBuilder(mod)
-    with bb.function("_".join(names), params, attrs={"Primitive": True}, private=True):
-        with bb.dataflow():
-            it = iter(params)
-            made = {}
-            for i, p in hits:
-                made[i] = bb.emit(relax.call_tir(p.value.args[0], [next(it) for _ in p.value.args[1].fields], p.var.ty))
-            args = [made[i] if i in made else next(it) for i in range(len(c_args))]
-            out = bb.emit_output(relax.call_tir(cons.value.args[0], args, cons.var.ty))
-        gv = bb.emit_func_output(out)
-    return bb.get(), relax.Call(gv, outer)
-
-
-def _group_consumers(mod: tvm.IRModule) -> tvm.IRModule | None:
-    """Group every GEMM whose only use is a layout op (one input: its output) with that op, so
-    the write-back stores straight into the new layout (the QKV projection's head split);
-    None when there is none."""
+def _regroup(mod: tvm.IRModule, plan) -> tvm.IRModule | None:
+    """Apply ``plan`` to every dataflow block of the module's Relax functions (not the Primitive
+    ones made here: those are FuseTIR's). ``plan(mod, block, uses)`` returns ``{binding that
+    stays: (bindings it absorbs, make)}``, where ``make(mod) -> (mod, call)`` adds the group's
+    Primitive function and gives the call that replaces the binding's value. None when no
+    block changed."""
     out, changed = mod, False
     for gv, func in mod.functions_items():
         if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr) \
@@ -224,30 +155,16 @@ def _group_consumers(mod: tvm.IRModule) -> tvm.IRModule | None:
         for bi, block in enumerate(blocks):
             if not isinstance(block, relax.DataflowBlock):
                 continue
-            gemms = {}
-            for b in block.bindings:
-                callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
-                if callee is not None and _pattern(callee) == _OUT_EWISE_FUSABLE and uses.get(b.var, 0) == 1 \
-                        and _tensor(b) and _fusable_operands(callee):
-                    gemms[b.var] = b
-            pairs = {}  # layout-op binding → the GEMM binding it reads
-            for b in block.bindings:
-                callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
-                if callee is None or _pattern(callee) is None or _pattern(callee) > _INJECTIVE \
-                        or not _tensor(b) or not _is_layout_op(callee) or not _keeps_rows_contiguous(callee):
-                    continue
-                args = list(b.value.args[1].fields)
-                if len(args) == 1 and isinstance(args[0], relax.Var) and args[0] in gemms:
-                    pairs[b] = gemms[args[0]]
-            if not pairs:
+            groups = plan(mod, block, uses)
+            if not groups:
                 continue
-            dropped = set(pairs.values())
+            dropped = {d for absorbed, _ in groups.values() for d in absorbed}
             bindings = []
             for b in block.bindings:
                 if b in dropped:
                     continue
-                if b in pairs:
-                    out, call = _chain(out, pairs[b], b)
+                if b in groups:
+                    out, call = groups[b][1](out)
                     b = relax.VarBinding(b.var, call)
                 bindings.append(b)
             blocks[bi] = relax.DataflowBlock(bindings)
@@ -258,32 +175,104 @@ def _group_consumers(mod: tvm.IRModule) -> tvm.IRModule | None:
     return out if changed else None
 
 
-def _chain(mod, gemm, layout):
-    """A Primitive function: ``gemm`` then ``layout`` on its output."""
-    outer = list(gemm.value.args[1].fields)
+def _producer_groups(mod, block, uses) -> dict:
+    """Each GEMM with its single-use layout-op producers (on A, or on a B it packs)."""
+    producers = {}
+    for b in block.bindings:
+        callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
+        if callee is not None and _pattern(callee) is not None and _pattern(callee) <= _INJECTIVE \
+                and uses.get(b.var, 0) == 1 and _tensor(b) and _is_layout_op(callee):
+            producers[b.var] = b
+    groups = {}
+    for b in block.bindings:
+        callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
+        if callee is None or _pattern(callee) != _OUT_EWISE_FUSABLE or not _tensor(b):
+            continue
+        hits = [(i, producers[a]) for i, a in enumerate(b.value.args[1].fields)
+                if isinstance(a, relax.Var) and a in producers]
+        ok = _fusable_operands(callee) if hits else set()
+        hits = [(i, p) for i, p in hits if i in ok]
+        if hits:
+            groups[b] = ([p for _, p in hits], lambda m, b=b, hits=hits: _group(m, b, hits))
+    return groups
+
+
+def _consumer_groups(mod, block, uses) -> dict:
+    """Each layout op (one input) with the GEMM whose only use it is, when the write-back can
+    store through it in whole vectors."""
+    gemms = {}
+    for b in block.bindings:
+        callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
+        if callee is not None and _pattern(callee) == _OUT_EWISE_FUSABLE and uses.get(b.var, 0) == 1 \
+                and _tensor(b) and _fusable_operands(callee):
+            gemms[b.var] = b
+    groups = {}
+    for b in block.bindings:
+        callee = _prim(mod, b.value) if isinstance(b, relax.VarBinding) else None
+        if callee is None or _pattern(callee) is None or _pattern(callee) > _INJECTIVE \
+                or not _tensor(b) or not _is_layout_op(callee) or not _keeps_rows_contiguous(callee):
+            continue
+        args = list(b.value.args[1].fields)
+        if len(args) == 1 and isinstance(args[0], relax.Var) and args[0] in gemms:
+            gemm = gemms[args[0]]
+            groups[b] = ([gemm], lambda m, b=b, gemm=gemm: _chain(m, gemm, b))
+    return groups
+
+
+def _primitive(mod, name: str, outer: list, body):
+    """Add a Primitive function ``name`` of fresh parameters typed like ``outer``, whose
+    dataflow block ``body(bb, params)`` emits (returning its output); returns the module and
+    the call of it on ``outer``."""
     params = [relax.Var(f"p{i}", a.ty) for i, a in enumerate(outer)]
     bb = relax.BlockBuilder(mod)
-    with bb.function(f"{gemm.value.args[0].name_hint}_{layout.value.args[0].name_hint}", params,
-                     attrs={"Primitive": True}, private=True):
+    with bb.function(name, params, attrs={"Primitive": True}, private=True):
         with bb.dataflow():
-            t = bb.emit(relax.call_tir(gemm.value.args[0], params, gemm.var.ty))
-            out = bb.emit_output(relax.call_tir(layout.value.args[0], [t], layout.var.ty))
+            out = bb.emit_output(body(bb, params))
         gv = bb.emit_func_output(out)
     return bb.get(), relax.Call(gv, outer)
+
+
+def _group(mod, cons, hits):
+    """The producers in ``hits`` (argument position, binding), then ``cons`` reading them."""
+    c_args = list(cons.value.args[1].fields)
+    at = dict(hits)
+    outer = [a for _, p in hits for a in p.value.args[1].fields] + [a for i, a in enumerate(c_args) if i not in at]
+    names = [p.value.args[0].name_hint for _, p in hits] + [cons.value.args[0].name_hint]
+
+    def body(bb, params):
+        it = iter(params)
+        made = {i: bb.emit(relax.call_tir(p.value.args[0], [next(it) for _ in p.value.args[1].fields], p.var.ty))
+                for i, p in hits}
+        args = [made[i] if i in made else next(it) for i in range(len(c_args))]
+        return relax.call_tir(cons.value.args[0], args, cons.var.ty)
+
+    return _primitive(mod, "_".join(names), outer, body)
+
+
+def _chain(mod, gemm, layout):
+    """``gemm`` then ``layout`` on its output."""
+    def body(bb, params):
+        t = bb.emit(relax.call_tir(gemm.value.args[0], params, gemm.var.ty))
+        return relax.call_tir(layout.value.args[0], [t], layout.var.ty)
+
+    return _primitive(mod, f"{gemm.value.args[0].name_hint}_{layout.value.args[0].name_hint}",
+                      list(gemm.value.args[1].fields), body)
 
 
 @tvm.transform.module_pass(opt_level=0, name="accelc.cpu.FuseLayoutIntoMatmul")
 def fuse_layout_into_matmul(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Group GEMMs with the layout ops around them (see the module docstring), then FuseTIR."""
+    def fuse(grouped):  # the groups into PrimFuncs, the parts dropped, op patterns for the next round
+        grouped = relax.transform.DeadCodeElimination()(relax.transform.FuseTIR()(grouped))
+        return relax.transform.AnnotateTIROpPattern()(grouped)
+
     mod = relax.transform.AnnotateTIROpPattern()(mod)
-    grouped = _group_consumers(mod)  # first: a layout op after a GEMM goes into its write-back
+    grouped = _regroup(mod, _consumer_groups)  # first: a layout op after a GEMM, into its write-back
     if grouped is not None:
-        mod = relax.transform.FuseTIR()(grouped)
-        mod = relax.transform.AnnotateTIROpPattern()(relax.transform.DeadCodeElimination()(mod))
+        mod = fuse(grouped)
     for _ in range(4):  # a group's PrimFunc can take a producer of its own next round
-        grouped = _group_all(mod)
+        grouped = _regroup(mod, _producer_groups)
         if grouped is None:
             break
-        mod = relax.transform.FuseTIR()(grouped)
-        mod = relax.transform.AnnotateTIROpPattern()(relax.transform.DeadCodeElimination()(mod))
+        mod = fuse(grouped)
     return mod

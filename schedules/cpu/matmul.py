@@ -42,15 +42,17 @@ from .base import (
 _FLOAT = ("float32", "float64", "float16", "bfloat16")
 
 #: True while the rule must return a schedule its trace replays (MetaSchedule stores traces):
-#: ``clamp_padded_rows`` is a rewrite, not a schedule primitive, so it is left out then.
+#: ``clamp_padded_rows`` and ``overlap_last_panel`` are rewrites, not schedule primitives, so
+#: they are left out then.
 _REPLAYABLE = contextvars.ContextVar("accelc_matmul_replayable", default=False)
 
 
 @contextlib.contextmanager
 def replayable_only():
     """Within it, the rule's schedule is exactly what its trace replays to: the padded rows keep
-    ``pad_einsum``'s inlined guard instead of the clamped load (same results, a select in the
-    micro-kernel). ``accelc tune`` stores a task's default schedule this way."""
+    ``pad_einsum``'s inlined guard instead of the clamped load, and a ragged last column panel
+    its padding and write-back predicate (same results, slower). ``accelc tune`` stores a
+    task's default schedule this way."""
     token = _REPLAYABLE.set(True)
     try:
         yield
@@ -138,15 +140,8 @@ class Matmul(CPURule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        root = get_root_block(sch)
-        reductions = [b for b in sch.get_child_blocks(root) if is_reduction(sch, b)]
-        if len(reductions) != 1:
-            return None
-        main = reductions[0]
-        stmt = sch.get(main)
-        if detect_iter_traits(stmt) is None or str(stmt.writes[0].source.dtype) not in _ACC:
-            return None
-        if not is_multiply_accumulate(stmt):
+        main = gemm_reduction(sch)
+        if main is None or str(sch.get(main).writes[0].source.dtype) not in _ACC:
             return None
         layout_free = {int(i) for i in (func.attrs or {}).get("layout_free_buffers", [])}
         try:
@@ -161,6 +156,18 @@ class Matmul(CPURule):
         if ragged_cols:
             out = overlap_last_panel(out, *ragged_cols)
         return s_tir.Schedule(out)
+
+
+def gemm_reduction(sch: s_tir.Schedule):
+    """The function's one reduction block if it is a GEMM the rule's micro-kernel computes
+    (``C = C + A·B`` over iterators ``detect_iter_traits`` classifies), else None."""
+    reductions = [b for b in sch.get_child_blocks(get_root_block(sch)) if is_reduction(sch, b)]
+    if len(reductions) != 1:
+        return None
+    stmt = sch.get(reductions[0])
+    if detect_iter_traits(stmt) is None or not is_multiply_accumulate(stmt):
+        return None
+    return reductions[0]
 
 
 def is_multiply_accumulate(block: s_tir.SBlock) -> bool:
