@@ -51,7 +51,7 @@ SIM_TASKS = (
     ("resnet_conv3x3_c256", 49, 2304, 256),  # resnet-small last-stage 3×3 conv, im2col
 )
 #: Labels of ``dataset.CPU_TASKS`` (the cost-model benchmark's zoo tasks), most varied first.
-CPU_TASKS = ("vit_qkv", "resnet_conv3x3", "vit_scores", "bert_dense", "bert_softmax", "gpt2_fc1_tanh",
+CPU_TASKS = ("vit_qkv", "resnet_conv3x3", "vit_scores", "bert_dense", "vit_layernorm", "gpt2_fc1_tanh",
              "minilm_fc2", "resnet_conv1x1_s2")
 MODELS = ("xgb", "tvm-xgb", "random")
 ALL_MODELS = MODELS + ("tvm-xgb-w0",)

