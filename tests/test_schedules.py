@@ -299,6 +299,41 @@ def test_take_of_a_constant_index_is_a_static_slice_fused_with_its_transpose(cpu
     assert len(names) == 1 and "take_const" in names[0] and "transpose" in names[0], names
 
 
+@pytest.mark.parametrize("divisor,dtype", [(5.656854152679443, "float32"), (np.sqrt(2.0), "float32"),
+                                           (8.0, "float32"), (-3.0, "float64")])
+def test_division_by_a_constant_is_a_multiplication_by_its_reciprocal(cpu_target, divisor, dtype):
+    """``x / c`` with a one-element constant ``c`` (attention's ``/ sqrt(d)``, GELU's
+    ``/ sqrt(2)``) computes ``x * (1 / c)``, bit for bit; LLVM would keep a vector division."""
+    x_np = np.random.default_rng(0).standard_normal((3, 37)).astype(dtype) * 10
+    x = relax.Var("x", relax.TensorType(x_np.shape, dtype))
+    c = np.array(divisor, dtype).reshape((1, 1))  # a size-1 constant of x's rank broadcasts
+    fused, vm = _build(lambda bb, x: bb.emit(relax.op.divide(x, relax.const(c, dtype))), [x], cpu_target)
+    got = vm["main"](tvm.runtime.tensor(x_np)).numpy()
+    np.testing.assert_array_equal(got, x_np * (np.ones((), dtype) / c.reshape(())))
+    np.testing.assert_allclose(got, x_np / c, rtol=2 * np.finfo(dtype).eps, atol=0)
+    tir = "".join(f.script() for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert " / " not in tir and " * " in tir
+
+
+@pytest.mark.parametrize("case", ["tensor", "two-element", "more-dims"])
+def test_other_divisions_keep_their_division(cpu_target, case):
+    """A divisor that is a tensor, a constant of several elements or of more dims than ``x``
+    (the result broadcasts) keeps TVM's division. (A zero constant is declined too; TVM's own
+    constant folding then refuses it.)"""
+    x_np = (np.random.default_rng(1).standard_normal((2, 8)) * 10).astype("float32")
+    x = relax.Var("x", relax.TensorType(x_np.shape, "float32"))
+    y_np = np.full((2, 8), 3, "float32")
+    y = relax.Var("y", relax.TensorType(y_np.shape, "float32"))
+    c = {"tensor": y_np, "two-element": np.array([3.0, -7.0] * 4, "float32"),
+         "more-dims": np.full((1, 1, 1), 3, "float32")}[case]
+    divisor = (lambda y: y) if case == "tensor" else (lambda y: relax.const(c))
+    fused, vm = _build(lambda bb, x, y: bb.emit(relax.op.divide(x, divisor(y))), [x, y], cpu_target)
+    got = vm["main"](tvm.runtime.tensor(x_np), tvm.runtime.tensor(y_np)).numpy()
+    np.testing.assert_array_equal(got, x_np / c)
+    tir = "".join(f.script() for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert " / " in tir
+
+
 def test_layout_ops_fuse_into_the_gemms_around_them(cpu_target):
     """Attention's head split and merge (reshape + transpose) around matmuls: FuseOps keeps
     them as kernels of their own (an injective op fuses only into an injective consumer).
