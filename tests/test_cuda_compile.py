@@ -26,6 +26,7 @@ KERNELS = {
     "int8_matmul": lambda: i8.int8_matmul(16, 64, 48),
     "dequantize": lambda: i8.dequantize(16, 48, True),
     "linear_attention": lambda: la.linear_attention(1, 2, 37, 16),
+    "linear_attention_castling_bias": lambda: la.linear_attention(2, 2, 70, 64, "castling", key_bias=True),
     "linear_attention_causal": lambda: la.linear_attention(1, 2, 70, 16, causal=True, chunk=32),
     "linear_attention_decode": lambda: la.linear_attention_decode(1, 2, 16),
     "polarized_attention": lambda: sp.polarized_attention(1, 2, 37, 64, 300, 0.25),
@@ -70,6 +71,30 @@ def test_polarized_attention_runs_on_the_gpu_twin():
     assert "__launch_bounds__(128)" in src and "threadIdx.y" in src
     signature = src.split("__global__")[-1].split("{")[0]
     assert signature.count("__restrict__") == 8  # q, k, v, perm, gcount, indptr, indices, out: no scratch
+
+
+@pytest.mark.parametrize("name,decoded", [("pot_matmul_int", "quantize"), ("pot_matmul_float", "float_bits")])
+def test_shift_add_runs_on_the_gpu_twin(name, decoded):
+    """The shift-add GEMM is the tiled twin: the activations' tile decoded into shared memory,
+    the codes' tile staged there too, a 4×2 register tile per thread of a 128-thread block."""
+    func = sa.pot_matmul_int(64, 100, 70, 2, 16, 15) if name == "pot_matmul_int" else sa.pot_matmul_float(64, 100, 70, 2)
+    src = cuda_source(func)
+    assert f"__shared__ alignas(64) int {decoded}_shared_ptr[" in src
+    assert "__shared__ alignas(64) signed char codes_shared_ptr[" in src
+    assert "__launch_bounds__(128)" in src and "__syncthreads()" in src
+    assert "shift_acc_local_ptr[8];" in src
+
+
+@pytest.mark.parametrize("variant", ["angular", "castling"])
+def test_linear_attention_runs_on_the_gpu_twin(variant):
+    """Non-causal linear attention is the block-per-head twin: the d×d state in shared memory,
+    the norms (and castling's output norm) by warp butterflies; the causal form is not."""
+    src = cuda_source(la.linear_attention(1, 2, 70, 64, variant, key_bias=True))
+    assert "__shared__ alignas(64) float S_ptr[4096];" in src and "__launch_bounds__(256)" in src
+    # 5-step butterflies: ‖k‖², ‖q‖², then q·z (angular) or the output's norm (castling)
+    assert src.count("__shfl_xor_sync") == 3 * 5
+    causal = cuda_source(la.linear_attention(1, 2, 70, 16, causal=True, chunk=32))
+    assert "S_ptr" not in causal
 
 
 def test_a_kernel_without_a_gpu_version_is_refused_not_built_as_host_code():

@@ -54,6 +54,6 @@ def default_rules() -> list[dl.ScheduleRule]:
     return [Guarded(r) for r in rules]
 
 
-from . import attention_sparse  # noqa: E402,F401 - registers its twin
+from . import attention_linear, attention_sparse, shift_add  # noqa: E402,F401 - register their twins
 
 __all__ = ["GPU_KERNELS", "default_rules", "gpu_kernels", "register"]

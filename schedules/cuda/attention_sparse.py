@@ -31,8 +31,8 @@ from tvm.script import tirx as T
 from ..attention_sparse import kernel_signature
 from ..kernel_attrs import kernel_param, kernel_param_float, named_kernel
 from . import register
+from .warp import WARP, WarpLayout
 
-WARP = 32
 #: Query rows (warps) per thread block: 128 threads.
 ROWS_PER_BLOCK = 4
 _NEG_INF = float("-inf")
@@ -58,24 +58,13 @@ def _twin(func):
 def _build(B, H, N, D, NNZ, scale, causal, has_bias, W, emulate):
     DPL = -(-D // WARP)  # elements of d per lane
     NRB = -(-N // W)  # row blocks
-    LN = WARP if emulate else 1  # lanes held in one program: all of them when emulated
+    lay = WarpLayout(emulate)
+    LN = lay.held
     SCALE = T.float32(scale)
     NEG = T.float32(_NEG_INF)
     ZERO = T.float32(0.0)
-    FULL = T.uint32(0xFFFFFFFF)
-
-    def block_loop(extent):
-        return T.serial(extent) if emulate else T.thread_binding(extent, thread="blockIdx.x")
-
-    def row_loop(extent):
-        return T.serial(extent) if emulate else T.thread_binding(extent, thread="threadIdx.y")
-
-    def lanes():
-        """The lanes one program holds: all 32 in turn when emulated, its own one on the GPU."""
-        return T.serial(WARP) if emulate else T.unroll(1)
-
-    def lane_of(li, tx):
-        return li if emulate else tx
+    warp_sum = lay.sum_macro()
+    lanes, lane_of = lay.lanes, lay.lane
 
     def score(part, key_bias, bb, j):
         return part[0] * SCALE + key_bias[bb, j] if has_bias else part[0] * SCALE
@@ -113,12 +102,7 @@ def _build(B, H, N, D, NNZ, scale, causal, has_bias, W, emulate):
         """Fold key ``j`` into the row's running softmax (st: m, l, alpha, p)."""
         for li in lanes():
             dot(k, qreg, part, bb, hh, j, lane_of(li, tx), li)
-        if emulate:
-            for lane in range(1, WARP):
-                part[0] = part[0] + part[lane]
-        else:
-            for o in T.unroll(5):  # butterfly over the warp: every lane gets the sum
-                part[0] = part[0] + T.tvm_warp_shuffle_xor(FULL, part[0], T.shift_left(1, 4 - o), WARP, WARP)
+        warp_sum(part)  # every lane gets the sum
         sc = T.meta_var(score(part, key_bias, bb, j))
         if keep(sc, i, j):
             # m' = max(m, s); alpha = e^{m - m'} (0 while m = -inf); p = e^{s - m'}
@@ -156,13 +140,10 @@ def _build(B, H, N, D, NNZ, scale, causal, has_bias, W, emulate):
 
     @T.macro
     def body(q, k, v, key_bias, perm, gcount, indptr, indices, out):
-        for bx in block_loop(B * H * NRB):
-            for ty in row_loop(W):
-                if emulate:
-                    row(q, k, v, key_bias, perm, gcount, indptr, indices, out, bx, ty, 0)
-                else:
-                    for tx in T.thread_binding(WARP, thread="threadIdx.x"):
-                        row(q, k, v, key_bias, perm, gcount, indptr, indices, out, bx, ty, tx)
+        for bx in lay.blocks(B * H * NRB):
+            for ty in lay.warps(W):
+                for tx in lay.lane_threads():
+                    row(q, k, v, key_bias, perm, gcount, indptr, indices, out, bx, ty, tx)
 
     return kernel_signature(B, H, N, D, NNZ, has_bias, body)
 

@@ -1,0 +1,303 @@
+"""The GPU twin of non-causal linear attention (``linear_attention`` of
+``accelc.schedules.attention_linear``, variants angular and castling, no chunking): one thread
+block per (batch, head), the d×d state built in shared memory, then a warp per query row.
+
+Same numerics as the CPU kernel (``k_scale = w/‖k‖`` with ``w = exp(key_bias)``,
+``q_scale = 1/(π‖q‖)``, the ``EPS`` in both norms; angular
+``o = (½·Σw·v + q_scale·q·S) / (½·Σw + q_scale·q·z)`` with 0 for a zero denominator, castling
+``o = normalize(½·v + q_scale·q·S)``), other loop structure:
+
+- grid: ``B·H`` blocks of ``32 × W`` threads (``W`` warps).
+- state: keys in chunks of ``KT``. Per chunk, warp ``ty`` stages keys ``ty, ty + W, …``: its
+  lanes read the key's row (coalesced), a ``__shfl_xor_sync`` butterfly sums ``‖k‖²``, and the
+  row ``k·k_scale`` and ``v`` land in shared memory (angular: each lane also sums ``k̂``,
+  ``w·v`` and ``w`` over its warp's keys in registers, added once per chunk into its warp's
+  shared partial of ``z``, ``Σw·v``, ``Σw``). Then every thread adds the chunk into its
+  register tile of ``S = Σ k̂ vᵀ`` (rows ``ty + W·r``, columns ``lane + 32·s``: the ``k̂`` read
+  is a broadcast, the ``v`` read conflict-free) and writes it back to the shared ``S``: the
+  reduction over ``n`` happens in shared memory, block-wide; the output phase sums the ``W``
+  warps' partials as it reads them.
+- output: warp ``ty`` takes query rows ``ty, ty + W, …``; lanes hold ``q``'s and the output's
+  columns ``lane + 32·t``; ``‖q‖²``, ``q·z`` (and castling's ``‖raw‖²``) by butterflies,
+  ``q·S`` from the shared state. No global scratch.
+
+Barriers: one explicit ``__syncthreads`` opens each phase (``WarpLayout.barrier_macro``); TVM's
+sync planner adds two more per chunk (before the shared partials' and the state's
+write-backs), five per ``KT`` keys in all.
+
+Parallelism is ``B·H`` blocks: enough for batched or many-head inputs, few for one image of a
+small ViT (the state is not split over ``n`` across blocks). The shared state holds ``d`` up
+to 88 (castling, without the partials, a little more); larger ``d``, and the causal and local (chunked) forms, are declined (``None``) and
+stay with the generic GPU rules.
+
+``emulate=True`` builds the same program for a CPU (``warp.WarpLayout``), which the CPU tests
+hold to the NumPy reference; only the thread bindings and the shuffles differ from the CUDA
+build.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from ..attention_linear import EPS
+from ..kernel_attrs import kernel_param, kernel_param_float, named_kernel
+from . import register
+from .warp import WARP, WarpLayout
+
+#: Warps per block (256 threads).
+WARPS = 8
+#: Static shared memory per block on the CUDA target (``targets/cuda``).
+SHARED_BYTES = 48 * 1024
+
+
+def linear_attention_gpu(b: int, h: int, n: int, d: int, variant: str = "angular", key_bias: bool = False, *,
+                         chunk: int = 64, scale: float = 1.0, warps: int = WARPS, emulate: bool = False):
+    """The CUDA kernel (``emulate``: its CPU emulation) of the non-causal, non-local
+    ``linear_attention`` with that kernel's parameters and attributes (``chunk`` and ``scale``
+    are recorded, unused, as there); ``tirx.is_scheduled``. None when the state does not fit
+    in 48 KiB of shared memory (``d`` above 88)."""
+    castling = variant == "castling"
+    if variant not in ("angular", "castling"):
+        raise ValueError(f"variant must be 'angular' or 'castling', got {variant!r}")
+    fits = [kt for kt in (32, 16, 8) if kt % warps == 0 and _shared_floats(d, kt, warps, castling) * 4 <= SHARED_BYTES]
+    if not fits:
+        return None
+    keys = fits[0]
+    func = _build(b, h, n, d, castling, bool(key_bias), warps, keys, WarpLayout(emulate))
+    func = named_kernel(func, "linear_attention", b=b, h=h, n=n, d=d, causal=0, chunk=chunk, local=0,
+                        key_bias=int(bool(key_bias)), variant=variant, scale=float(scale))
+    return func if emulate else func.with_attr("tirx.is_scheduled", True)
+
+
+@register("linear_attention")
+def _twin(func):
+    if kernel_param(func, "causal") or kernel_param(func, "local"):
+        return None  # the chunked forms: generic rules
+    p = {key: kernel_param(func, key) for key in ("b", "h", "n", "d", "key_bias", "chunk")}
+    return linear_attention_gpu(p["b"], p["h"], p["n"], p["d"], str(func.attrs["accelc.variant"]),
+                                bool(p["key_bias"]), chunk=p["chunk"], scale=kernel_param_float(func, "scale"))
+
+
+def _state_shape(d: int, warps: int) -> tuple[int, int]:
+    """The shared state's rows and columns: ``d`` padded to whole warps and whole lanes, so the
+    register tiles need no bounds checks (the padding stays 0)."""
+    return -(-d // warps) * warps, -(-d // WARP) * WARP
+
+
+def _shared_floats(d: int, keys: int, warps: int, castling: bool) -> int:
+    rows, cols = _state_shape(d, warps)
+    partials = 0 if castling else 2 * warps * cols + warps
+    return rows * cols + keys * rows + keys * cols + partials
+
+
+def _build(B, H, N, D, castling, has_bias, W, KT, lay: WarpLayout):
+    SR, SC = _state_shape(D, W)  # state rows (by warp) and columns (by lane), padded
+    RPW, SPL = SR // W, SC // WARP  # state rows per warp, columns per lane
+    DPL = -(-D // WARP)  # q / output columns per lane
+    KPW = KT // W  # keys per warp and chunk
+    NCH = -(-N // KT)
+    PW = 1 if castling else W  # warps' partial sums (angular)
+    LN = lay.held
+    ZERO = T.float32(0.0)
+    HALF = T.float32(0.5)
+    ONE = T.float32(1.0)
+    EPS_ = T.float32(EPS)
+    INV_PI = T.float32(1.0 / math.pi)
+    warp_sum = lay.sum_macro()
+    barrier = lay.barrier_macro()
+
+    def over_warps(partial, c):
+        """Column ``c`` of a per-warp shared partial (``z``, ``Σw·v``, ``Σw``) summed over the warps."""
+        return functools.reduce(operator.add, [partial[w, c] for w in range(W)])
+
+    @T.macro
+    def zero_state(S, zpart, svpart, swpart, ty, lane):
+        for r, s in T.grid(RPW, SPL):
+            S[ty + W * r, lane + WARP * s] = ZERO
+        if not castling:
+            for s in range(SPL):
+                zpart[ty, lane + WARP * s] = ZERO
+                svpart[ty, lane + WARP * s] = ZERO
+            swpart[ty, lane] = ZERO
+
+    @T.macro
+    def stage_key(k, v, key_bias, kh, vs, kreg, vreg, sums, part, wst, bb, hh, ch, jj, ty, tx):
+        """Key ``ch·KT + jj`` (zero past ``N``) into the shared chunk, scaled by w/‖k‖."""
+        j = T.meta_var(ch * KT + jj)
+        jc = T.meta_var(T.min(j, N - 1))
+        for li in lay.lanes():
+            part[li] = ZERO
+            for s in T.unroll(SPL):
+                c = T.meta_var(lay.lane(li, tx) + WARP * s)
+                kreg[li, s] = T.if_then_else(tirx.all(j < N, c < D), k[bb, hh, jc, T.min(c, D - 1)], ZERO)
+                part[li] = part[li] + kreg[li, s] * kreg[li, s]
+        warp_sum(part)
+        if has_bias:
+            wst[0] = T.Select(j < N, T.exp(key_bias[bb, jc]), ZERO)
+        else:
+            wst[0] = T.Select(j < N, ONE, ZERO)
+        wst[1] = wst[0] / T.sqrt(part[0] + EPS_)
+        for li in lay.lanes():
+            for s in T.unroll(SPL):
+                c = T.meta_var(lay.lane(li, tx) + WARP * s)
+                vreg[li, s] = T.if_then_else(tirx.all(j < N, c < D), v[bb, hh, jc, T.min(c, D - 1)], ZERO)
+                if c < SR:
+                    kh[jj, c] = kreg[li, s] * wst[1]
+                vs[jj, c] = vreg[li, s]
+            if not castling:
+                for s in T.unroll(SPL):
+                    sums[li, s] = sums[li, s] + kreg[li, s] * wst[1]
+                    sums[li, SPL + s] = sums[li, SPL + s] + wst[0] * vreg[li, s]
+                sums[li, 2 * SPL] = sums[li, 2 * SPL] + wst[0]
+
+    @T.macro
+    def flush_sums(zpart, svpart, swpart, sums, ty, tx):
+        """The thread's sums over its warp's keys of the chunk added into the warp's shared
+        partials of ``z``, ``Σw·v`` and ``Σw`` (every lane keeps a copy of ``Σw``: no
+        single-lane branch for TVM's sync planner to put a barrier in)."""
+        for li in lay.lanes():
+            for s in range(SPL):
+                zpart[ty, lay.lane(li, tx) + WARP * s] = zpart[ty, lay.lane(li, tx) + WARP * s] + sums[li, s]
+                svpart[ty, lay.lane(li, tx) + WARP * s] = svpart[ty, lay.lane(li, tx) + WARP * s] + sums[li, SPL + s]
+            swpart[ty, lay.lane(li, tx)] = swpart[ty, lay.lane(li, tx)] + sums[li, 2 * SPL]
+
+    @T.macro
+    def add_chunk(S, kh, vs, acc, ty, tx):
+        """The thread's register tile of S plus the chunk's ``Σ_jj k̂[jj, a]·v[jj, c]``."""
+        for li in lay.lanes():
+            lane = T.meta_var(lay.lane(li, tx))
+            for r, s in T.grid(RPW, SPL):
+                acc[li, r, s] = S[ty + W * r, lane + WARP * s]
+            for jj in range(KT):
+                for r in T.unroll(RPW):
+                    for s in T.unroll(SPL):
+                        acc[li, r, s] = acc[li, r, s] + kh[jj, ty + W * r] * vs[jj, lane + WARP * s]
+            for r, s in T.grid(RPW, SPL):
+                S[ty + W * r, lane + WARP * s] = acc[li, r, s]
+
+    @T.macro
+    def out_row(q, v, out, S, zpart, svpart, swpart, qreg, num, part, st, bb, hh, i, tx):
+        for li in lay.lanes():
+            part[li] = ZERO
+            for t in T.unroll(DPL):
+                c = T.meta_var(lay.lane(li, tx) + WARP * t)
+                qreg[li, t] = T.if_then_else(c < D, q[bb, hh, i, T.min(c, D - 1)], ZERO)
+                part[li] = part[li] + qreg[li, t] * qreg[li, t]
+        warp_sum(part)
+        st[0] = INV_PI / T.sqrt(part[0] + EPS_)  # q_scale
+        for li in lay.lanes():
+            for t in T.unroll(DPL):
+                num[li, t] = ZERO
+            for a in range(D):  # q·S: q[a] is one broadcast read, S's row a coalesced
+                for t in T.unroll(DPL):
+                    num[li, t] = num[li, t] + q[bb, hh, i, a] * S[a, lay.lane(li, tx) + WARP * t]
+        if castling:
+            for li in lay.lanes():
+                part[li] = ZERO
+                for t in T.unroll(DPL):
+                    c = T.meta_var(lay.lane(li, tx) + WARP * t)
+                    num[li, t] = HALF * T.if_then_else(c < D, v[bb, hh, i, T.min(c, D - 1)], ZERO) + st[0] * num[li, t]
+                    part[li] = part[li] + num[li, t] * num[li, t]
+            warp_sum(part)
+            st[1] = ONE / T.sqrt(part[0] + EPS_)
+            for li in lay.lanes():
+                for t in T.unroll(DPL):
+                    c = T.meta_var(lay.lane(li, tx) + WARP * t)
+                    if c < D:
+                        out[bb, hh, i, c] = num[li, t] * st[1]
+        else:
+            for li in lay.lanes():
+                part[li] = ZERO
+                for t in T.unroll(DPL):
+                    part[li] = part[li] + qreg[li, t] * over_warps(zpart, lay.lane(li, tx) + WARP * t)
+            warp_sum(part)
+            st[2] = HALF * over_warps(swpart, 0) + st[0] * part[0]  # the denominator
+            st[1] = T.Select(st[2] > ZERO, ONE / st[2], ZERO)
+            for li in lay.lanes():
+                for t in T.unroll(DPL):
+                    c = T.meta_var(lay.lane(li, tx) + WARP * t)
+                    if c < D:
+                        out[bb, hh, i, c] = (HALF * over_warps(svpart, c) + st[0] * num[li, t]) * st[1]
+
+    @T.macro
+    def body(q, k, v, key_bias, out):
+        for bx in lay.blocks(B * H):
+            with T.sblock("head"):
+                T.reads(q[:, :, :, :], k[:, :, :, :], v[:, :, :, :])
+                T.writes(out[:, :, :, :])
+                bb = T.meta_var(bx // H)
+                hh = T.meta_var(bx % H)
+                S = T.alloc_buffer((SR, SC), "float32", scope="shared")
+                kh = T.alloc_buffer((KT, SR), "float32", scope="shared")
+                vs = T.alloc_buffer((KT, SC), "float32", scope="shared")
+                zpart = T.alloc_buffer((PW, SC), "float32", scope="shared")
+                svpart = T.alloc_buffer((PW, SC), "float32", scope="shared")
+                swpart = T.alloc_buffer((PW, WARP), "float32", scope="shared")
+                for ty in lay.warps(W):
+                    for tx in lay.lane_threads():
+                        for li in lay.lanes():
+                            zero_state(S, zpart, svpart, swpart, ty, lay.lane(li, tx))
+                for ch in range(NCH):
+                    for ty in lay.warps(W):
+                        for tx in lay.lane_threads():
+                            with T.sblock("stage"):
+                                T.reads(k[:, :, :, :], v[:, :, :, :])
+                                T.writes(kh[:, :], vs[:, :], zpart[:, :], svpart[:, :], swpart[:, :])
+                                barrier()
+                                kreg = T.alloc_buffer((LN, SPL), "float32", scope="local")
+                                vreg = T.alloc_buffer((LN, SPL), "float32", scope="local")
+                                part = T.alloc_buffer((LN,), "float32", scope="local")
+                                wst = T.alloc_buffer((2,), "float32", scope="local")
+                                sums = T.alloc_buffer((LN, 2 * SPL + 1), "float32", scope="local")
+                                for li, e in T.grid(LN, 2 * SPL + 1):
+                                    sums[li, e] = ZERO
+                                for p in range(KPW):
+                                    stage_key(k, v, key_bias, kh, vs, kreg, vreg, sums, part, wst, bb, hh, ch,
+                                              ty + W * p, ty, tx)
+                                if not castling:
+                                    flush_sums(zpart, svpart, swpart, sums, ty, tx)
+                    for ty in lay.warps(W):
+                        for tx in lay.lane_threads():
+                            with T.sblock("accumulate"):
+                                T.reads(kh[:, :], vs[:, :])
+                                T.writes(S[:, :])
+                                barrier()
+                                acc = T.alloc_buffer((LN, RPW, SPL), "float32", scope="local")
+                                add_chunk(S, kh, vs, acc, ty, tx)
+                for ty in lay.warps(W):
+                    for tx in lay.lane_threads():
+                        with T.sblock("rows"):
+                            T.reads(q[:, :, :, :], v[:, :, :, :], S[:, :], zpart[:, :], svpart[:, :], swpart[:, :])
+                            T.writes(out[:, :, :, :])
+                            barrier()
+                            qreg = T.alloc_buffer((LN, DPL), "float32", scope="local")
+                            num = T.alloc_buffer((LN, DPL), "float32", scope="local")
+                            part = T.alloc_buffer((LN,), "float32", scope="local")
+                            st = T.alloc_buffer((3,), "float32", scope="local")
+                            for p in range(-(-N // W)):
+                                if ty + W * p < N:  # the same for the whole warp
+                                    out_row(q, v, out, S, zpart, svpart, swpart, qreg, num, part, st, bb, hh,
+                                            ty + W * p, tx)
+
+    if has_bias:
+        @T.prim_func(s_tir=True)
+        def kernel(q: T.Buffer((B, H, N, D), "float32"), k: T.Buffer((B, H, N, D), "float32"),
+                   v: T.Buffer((B, H, N, D), "float32"), key_bias: T.Buffer((B, N), "float32"),
+                   out: T.Buffer((B, H, N, D), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            body(q, k, v, key_bias, out)
+    else:
+        @T.prim_func(s_tir=True)
+        def kernel(q: T.Buffer((B, H, N, D), "float32"), k: T.Buffer((B, H, N, D), "float32"),
+                   v: T.Buffer((B, H, N, D), "float32"), out: T.Buffer((B, H, N, D), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            body(q, k, v, None, out)
+    return kernel
+
+
+__all__ = ["WARPS", "linear_attention_gpu"]

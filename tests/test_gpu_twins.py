@@ -1,0 +1,202 @@
+"""The GPU twins of the shift-add GEMMs and of non-causal linear attention
+(``schedules/cuda/shift_add.py``, ``schedules/cuda/attention_linear.py``).
+
+CI has no GPU: each twin's program is built for the CPU with its thread loops serial
+(``emulate=True``) and held to the NumPy references (integer path bit-exact). The CUDA builds
+are compiled with nvcc in ``tests/test_cuda_compile.py``; the ``needs_gpu`` tests here run
+them on a GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accelc.passes import linear_attention_math as lam
+from accelc.passes import shift_add_math as sam
+from accelc.passes.shift_add import pack_pot_codes
+from accelc.schedules import attention_linear as la
+from accelc.schedules import shift_add as sa
+from accelc.schedules.cuda import GPU_KERNELS
+from accelc.schedules.cuda.attention_linear import linear_attention_gpu
+from accelc.schedules.cuda.shift_add import pot_matmul_gpu
+from accelc.targets import cuda
+
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Below, at and above the 32-row / 32-column / 32-deep tiles, ragged and whole.
+DIMS = st.integers(1, 9) | st.integers(10, 70)
+needs_gpu = pytest.mark.skipif(cuda.local_arch() is None, reason="no CUDA device on this machine")
+
+
+def _emulated(func):
+    return tvm.tirx.build(func.with_attr("global_symbol", "main"), "llvm")
+
+
+def _run(lib, args, out_shape, out_dtype, dev=None):
+    dev = dev or tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], out)
+    return out.numpy()
+
+
+def _rel(got, want) -> float:
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+# -- shift-add ---------------------------------------------------------------------------------
+def _codes(rng, terms, k, n, e_max=14):
+    mag = rng.integers(0, int(e_max) + 2, (terms, k, n))
+    return (mag * rng.choice([-1, 1], (terms, k, n))).astype(np.int8)
+
+
+def _pot_case(kind, m, k, n, terms, seed):
+    """(kernel, its arguments, the NumPy reference, output dtype) for one PoT kernel form."""
+    rng = np.random.default_rng(seed)
+    codes = _codes(rng, terms, k, n, e_max=rng.choice([14, 31]) if kind == "int_acc" else 14)
+    if kind == "int_acc":
+        xq = rng.integers(-(2**30), 2**30, (m, k)).astype(np.int32)
+        xq.flat[0] = -(2**31)
+        func = sa.pot_matmul_int(m, k, n, terms, 16, 16, dequantize=False)
+        return func, [xq, pack_pot_codes(sam.encode_int_codes(codes), sa.TILE_N)], \
+            sam.shift_matmul_int_ref(xq, codes), "int32"
+    x = (rng.standard_normal((m, k)) * rng.choice([0.1, 3.0, 300.0])).astype(np.float32)
+    x[rng.random((m, k)) < 0.1] = 0.0
+    scale = (rng.random(n) + 0.5).astype(np.float32)
+    if kind == "int":
+        scale *= np.float32(2.0**-12)
+        func = sa.pot_matmul_int(m, k, n, terms, 12, 16)
+        acc = sam.shift_matmul_int_ref(sam.quantize_activations(x, 12, 16), codes)
+        return func, [x, pack_pot_codes(sam.encode_int_codes(codes), sa.TILE_N), scale], \
+            acc.astype(np.float32) * scale, "float32"
+    func = sa.pot_matmul_float(m, k, n, terms)
+    return func, [x, pack_pot_codes(codes, sa.TILE_N), scale], sam.shift_matmul_float_ref(x, codes) * scale, \
+        "float32"
+
+
+def _check_pot(kind, got, want):
+    if kind == "float":
+        assert _rel(got, want) <= 1e-6
+    else:  # the integer path, dequantized or not: bit-exact
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", ["int_acc", "int", "float"])
+@SETTINGS
+@given(m=DIMS, k=DIMS, n=DIMS | st.sampled_from([32, 64, 96]), terms=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_pot_twin_matches_reference(kind, m, k, n, terms, seed):
+    func, args, want, dtype = _pot_case(kind, m, k, n, terms, seed)
+    got = _run(_emulated(pot_matmul_gpu(func, emulate=True)), args, want.shape, dtype)
+    _check_pot(kind, got, want)
+
+
+def test_pot_twin_is_the_registered_one_and_keeps_the_kernel_attributes():
+    func = sa.pot_matmul_int(40, 64, 48, 2, 16, 15)
+    twin = GPU_KERNELS["pot_matmul_int"](func)
+    assert twin.attrs["tirx.is_scheduled"] and twin.attrs["accelc.kernel"] == "pot_matmul_int"
+    assert [p.name for p in twin.params] == [p.name for p in func.params]
+    assert "tirx.is_scheduled" not in pot_matmul_gpu(func, emulate=True).attrs
+    assert GPU_KERNELS["pot_matmul_float"] is GPU_KERNELS["pot_matmul_int"]
+
+
+def test_pot_twin_declines_a_tile_wider_than_a_block():
+    """1024 threads hold 8 rows of a 256-channel tile; a wider tile stays with generic rules."""
+    assert pot_matmul_gpu(sa.pot_matmul_float(64, 16, 600, 1, tile_n=512)) is None
+    assert pot_matmul_gpu(sa.pot_matmul_float(64, 16, 600, 1, tile_n=256)) is not None
+
+
+# -- linear attention --------------------------------------------------------------------------
+def _attention_case(rng, b, h, n, d, bias_mode):
+    q, k, v = (rng.standard_normal((b, h, n, d)).astype(np.float32) for _ in range(3))
+    bias = None
+    if bias_mode != "none":
+        bias = rng.uniform(-2.0, 2.0, (b, n)).astype(np.float32)
+        if bias_mode == "masked":  # padding-like: weight exactly 0, every key of a row possibly
+            bias[rng.random((b, n)) < 0.5] = -1e9
+    return q, k, v, bias
+
+
+@pytest.mark.parametrize("variant", ["angular", "castling"])
+@SETTINGS
+@given(b=st.integers(1, 2), h=st.integers(1, 3), n=st.integers(1, 9) | st.integers(30, 70),
+       d=st.sampled_from([1, 3, 16, 19, 32, 40, 64, 80]), bias_mode=st.sampled_from(["none", "soft", "masked"]),
+       seed=st.integers(0, 2**16))
+def test_linear_attention_twin_matches_explicit_reference(variant, b, h, n, d, bias_mode, seed):
+    """Several 32-key chunks with a ragged last one, d below, at and above a warp's width."""
+    q, k, v, bias = _attention_case(np.random.default_rng(seed), b, h, n, d, bias_mode)
+    func = linear_attention_gpu(b, h, n, d, variant, bias is not None, emulate=True)
+    got = _run(_emulated(func), [q, k, v] + ([bias] if bias is not None else []), q.shape, "float32")
+    want = lam.linear_attention_reference(q, k, v, variant, False, 64, False, 1.0, bias, None)
+    assert np.all(np.isfinite(got))
+    assert _rel(got, want) <= 1e-5
+
+
+def test_linear_attention_all_keys_masked_gives_zero_rows():
+    """Angular with every key's weight 0: the denominator is 0 and the rows are 0, as on CPU."""
+    rng = np.random.default_rng(1)
+    q, k, v, _ = _attention_case(rng, 1, 2, 40, 16, "none")
+    bias = np.full((1, 40), -1e9, np.float32)
+    got = _run(_emulated(linear_attention_gpu(1, 2, 40, 16, key_bias=True, emulate=True)), [q, k, v, bias],
+               q.shape, "float32")
+    assert np.array_equal(got, np.zeros_like(got))
+
+
+def test_linear_attention_twin_keeps_the_kernel_signature_and_attributes():
+    func = la.linear_attention(2, 3, 20, 8, "castling", chunk=16, scale=0.5, key_bias=True)
+    twin = GPU_KERNELS["linear_attention"](func)
+    assert twin.attrs["tirx.is_scheduled"]
+    assert [p.name for p in twin.params] == [p.name for p in func.params] == ["q", "k", "v", "key_bias", "out"]
+    for key in ("kernel", "b", "h", "n", "d", "causal", "chunk", "local", "key_bias", "variant", "scale"):
+        assert str(twin.attrs[f"accelc.{key}"]) == str(func.attrs[f"accelc.{key}"]), key
+
+
+@pytest.mark.parametrize("kwargs", [{"causal": True}, {"local": True}, {"causal": True, "local": True},
+                                    {"d": 96}])
+def test_linear_attention_twin_declines_chunked_forms_and_wide_heads(kwargs):
+    """The causal/local (chunked) forms and a state that does not fit 48 KiB of shared memory
+    are left to the generic GPU rules."""
+    dims = {"b": 1, "h": 2, "n": 40, "d": 16, **{k: v for k, v in kwargs.items() if k == "d"}}
+    flags = {k: v for k, v in kwargs.items() if k != "d"}
+    assert GPU_KERNELS["linear_attention"](la.linear_attention(**dims, **flags)) is None
+
+
+def test_linear_attention_twin_rejects_an_unknown_variant():
+    with pytest.raises(ValueError, match="variant"):
+        linear_attention_gpu(1, 1, 4, 4, "relu2")
+
+
+# -- on a GPU ------------------------------------------------------------------------------------
+def _on_gpu(func, tmp_path, monkeypatch):
+    """The twin built for the local GPU, exported with its fatbin and loaded back."""
+    from accelc.targets.cuda import fatbin
+
+    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")  # NVRTC needs cuda-bindings
+    target = cuda.target()
+    with target:
+        lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    path = tmp_path / "twin.so"
+    fatbin.export_library(lib, str(path), cuda.arch_of(target))
+    return tvm.runtime.load_module(str(path))
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind", ["int_acc", "int", "float"])
+@pytest.mark.parametrize("shape", [(1, 70, 45, 2), (37, 70, 45, 2), (128, 256, 96, 3)])
+def test_pot_twin_runs_on_the_gpu(kind, shape, tmp_path, monkeypatch):
+    func, args, want, dtype = _pot_case(kind, *shape, seed=3)
+    lib = _on_gpu(GPU_KERNELS["pot_matmul_float" if kind == "float" else "pot_matmul_int"](func), tmp_path, monkeypatch)
+    _check_pot(kind, _run(lib, args, want.shape, dtype, cuda.device()), want)
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", ["angular", "castling"])
+@pytest.mark.parametrize("shape", [(1, 3, 197, 64), (2, 2, 37, 19)])
+def test_linear_attention_twin_runs_on_the_gpu(variant, shape, tmp_path, monkeypatch):
+    b, h, n, d = shape
+    q, k, v, bias = _attention_case(np.random.default_rng(4), b, h, n, d, "masked")
+    lib = _on_gpu(linear_attention_gpu(b, h, n, d, variant, True), tmp_path, monkeypatch)
+    got = _run(lib, [q, k, v, bias], q.shape, "float32", cuda.device())
+    want = lam.linear_attention_reference(q, k, v, variant, False, 64, False, 1.0, bias, None)
+    assert _rel(got, want) <= 1e-5
