@@ -251,7 +251,8 @@ def _softmax_ref(x):
 
 
 @pytest.mark.parametrize("name,shape,fn,ref,rule", [
-    ("softmax", (2, 3, 40, 64), lambda bb, x: bb.emit(relax.op.nn.softmax(x, axis=-1)), _softmax_ref, RowReduction),
+    # rows of at most one vector (AVX2 or AVX-512): TOPI's softmax and RowReduction (longer rows: schedules/softmax.py)
+    ("softmax", (2, 3, 40, 8), lambda bb, x: bb.emit(relax.op.nn.softmax(x, axis=-1)), _softmax_ref, RowReduction),
     ("row_max_ragged", (3, 197), lambda bb, x: bb.emit(relax.op.max(x, axis=[-1])),
      lambda x: x.max(-1), RowReduction),  # (ragged softmax rows: schedules/softmax.py, test_softmax.py)
     ("layernorm", (1, 50, 384),
