@@ -44,6 +44,7 @@ import operator
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ...targets.cuda import LIMITS
 from ..attention_linear import EPS
 from ..kernel_attrs import kernel_param, kernel_param_float, named_kernel
 from . import register
@@ -51,8 +52,6 @@ from .warp import WARP, WarpLayout
 
 #: Warps per block (256 threads).
 WARPS = 8
-#: Static shared memory per block on the CUDA target (``targets/cuda``).
-SHARED_BYTES = 48 * 1024
 
 
 def linear_attention_gpu(b: int, h: int, n: int, d: int, variant: str = "angular", key_bias: bool = False, *,
@@ -64,7 +63,8 @@ def linear_attention_gpu(b: int, h: int, n: int, d: int, variant: str = "angular
     castling = variant == "castling"
     if variant not in ("angular", "castling"):
         raise ValueError(f"variant must be 'angular' or 'castling', got {variant!r}")
-    fits = [kt for kt in (32, 16, 8) if kt % warps == 0 and _shared_floats(d, kt, warps, castling) * 4 <= SHARED_BYTES]
+    shared = LIMITS["max_shared_memory_per_block"]
+    fits = [kt for kt in (32, 16, 8) if kt % warps == 0 and _shared_floats(d, kt, warps, castling) * 4 <= shared]
     if not fits:
         return None
     keys = fits[0]

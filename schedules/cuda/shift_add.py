@@ -30,6 +30,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 
+from ...targets.cuda import LIMITS
 from ..kernel_attrs import kernel_param
 from . import register
 
@@ -37,8 +38,6 @@ from . import register
 BK = 32
 #: Output rows and columns per thread, and thread rows per block, for ``M >= 32`` (GEMMs).
 GEMM_TILE = (4, 2, 8)
-#: The CUDA target's static shared memory per block (``targets/cuda``).
-SHARED_BYTES = 48 * 1024
 #: Blocks of the kernel in front of the accumulation (the per-element decode of ``x``).
 _PROLOGUES = ("quantize", "float_bits")
 
@@ -53,7 +52,7 @@ def pot_matmul_gpu(func: tirx.PrimFunc, *, emulate: bool = False) -> tirx.PrimFu
     bk = min(BK, k)
     threads = thread_rows * tile_n // cols
     shared = rows * thread_rows * (bk + 1) * 4 + terms * bk * tile_n
-    if threads > 1024 or shared > SHARED_BYTES:
+    if threads > LIMITS["max_threads_per_block"] or shared > LIMITS["max_shared_memory_per_block"]:
         return None
     sch = s_tir.Schedule(func)
     blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(get_root_block(sch))}

@@ -20,7 +20,7 @@ from ...errors import ArtifactError, TargetError
 
 TAG = "accelc/cuda"
 #: Per-block limits of every NVIDIA GPU since Volta (sm_70); MetaSchedule and dlight need them.
-_LIMITS = {"max_num_threads": 1024, "max_threads_per_block": 1024, "thread_warp_size": 32,
+LIMITS = {"max_num_threads": 1024, "max_threads_per_block": 1024, "thread_warp_size": 32,
            "max_shared_memory_per_block": 49152, "registers_per_block": 65536}
 
 
@@ -57,7 +57,7 @@ def target(arch: str | None = None, host=None) -> Target:
     if not arch:
         raise TargetError("no CUDA device found: pass --arch (e.g. sm_80, sm_90) to cross-compile for one")
     arch = _normalize_arch(arch)
-    cfg = {"kind": "cuda", "arch": arch, "keys": ["cuda", "gpu"], **_LIMITS,
+    cfg = {"kind": "cuda", "arch": arch, "keys": ["cuda", "gpu"], **LIMITS,
            "host": host or host_target()}
     if int(arch[3:5]) >= 80:  # Ampere+: 48 KiB static + dynamic up to 163/227 KiB; keep static
         cfg["l2_cache_size_bytes"] = 40 * 1024 * 1024
@@ -69,7 +69,7 @@ def register_tag() -> None:
     arch = local_arch()
     if arch is None:
         return
-    cfg = {"kind": "cuda", "arch": arch, "keys": ["cuda", "gpu"], **_LIMITS}
+    cfg = {"kind": "cuda", "arch": arch, "keys": ["cuda", "gpu"], **LIMITS}
     tvm.target.tag.register_tag(TAG, cfg, override=True)
 
 
