@@ -116,6 +116,16 @@ def test_causal_linear_attention_runs_on_the_gpu_twin(local):
     assert src.count("__syncthreads()") == 5
 
 
+def test_linear_attention_decode_runs_on_the_gpu_twin():
+    """The decode step is the block-per-head twin: the state streamed once by 8 warps, their
+    partial q·S_new in shared memory, one barrier, then warp 0 finishes the row."""
+    src = cuda_source(la.linear_attention_decode(1, 2, 64))
+    assert "__shared__ alignas(64) float pn_ptr[512];" in src and "__launch_bounds__(256)" in src
+    # 5-step butterflies: ‖k‖² (every warp), then warp 0's ‖k‖², ‖q‖² and q·z_new
+    assert src.count("__shfl_xor_sync") == 4 * 5
+    assert src.count("__syncthreads()") == 1
+
+
 def test_a_kernel_without_a_gpu_version_is_refused_not_built_as_host_code():
     """Upstream, an unscheduled PrimFunc silently becomes host code reading device pointers. A
     named kernel with no GPU twin whose structure defeats TVM's DefaultGPUSchedule (here the CPU

@@ -1,6 +1,6 @@
-"""The GPU twins of the shift-add GEMMs and of linear attention, non-causal and causal
-(``schedules/cuda/shift_add.py``, ``schedules/cuda/attention_linear.py``,
-``schedules/cuda/attention_linear_causal.py``).
+"""The GPU twins of the shift-add GEMMs and of linear attention: non-causal, causal and the
+decode step (``schedules/cuda/shift_add.py``, ``schedules/cuda/attention_linear.py``,
+``schedules/cuda/attention_linear_causal.py``, ``schedules/cuda/attention_linear_decode.py``).
 
 CI has no GPU: each twin's program is built for the CPU with its thread loops serial
 (``emulate=True``) and held to the NumPy references (integer path bit-exact). The CUDA builds
@@ -24,6 +24,7 @@ from accelc.schedules import shift_add as sa
 from accelc.schedules.cuda import GPU_KERNELS
 from accelc.schedules.cuda.attention_linear import linear_attention_gpu
 from accelc.schedules.cuda.attention_linear_causal import linear_attention_causal_gpu, tile_keys
+from accelc.schedules.cuda.attention_linear_decode import linear_attention_decode_gpu
 from accelc.schedules.cuda.shift_add import pot_matmul_gpu
 from accelc.targets import cuda
 
@@ -232,6 +233,60 @@ def test_causal_linear_attention_twin_keeps_the_kernel_signature_and_attributes(
         assert str(twin.attrs[f"accelc.{key}"]) == str(func.attrs[f"accelc.{key}"]), key
 
 
+def _decode_steps(lib, q, k, v, dev=None):
+    """``q, k, v`` ``[B, H, N, d]`` through the decode kernel token by token from the zero
+    state: the outputs ``[B, H, N, d]`` and the final state."""
+    b, h, n, d = q.shape
+    state = [np.zeros((b, h, d, d), np.float32), np.zeros((b, h, d), np.float32), np.zeros((b, h, d), np.float32),
+             np.zeros((b, h), np.float32)]
+    dev = dev or tvm.cpu()
+    rows = []
+    for i in range(n):
+        args = [q[:, :, i], k[:, :, i], v[:, :, i], *state]
+        outs = [tvm.runtime.tensor(np.zeros(x.shape, np.float32), dev) for x in [q[:, :, i]] + state]
+        lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], *outs)
+        out, *state = [o.numpy() for o in outs]
+        rows.append(out)
+    return np.stack(rows, axis=2), state
+
+
+def _check_decode(got, state, q, k, v):
+    ref_out, ref_state = lam.decode_sequence(q, k, v)
+    assert _rel(got, ref_out) <= 1e-5
+    assert _rel(got, lam.causal_angular_attention_explicit(q, k, v)) <= 1e-5  # decode = causal prefill
+    for g, w in zip(state, ref_state):
+        assert _rel(g, w) <= 1e-5
+
+
+@SETTINGS
+@given(b=st.integers(1, 2), h=st.integers(1, 3), n=st.integers(1, 6),
+       d=st.sampled_from([1, 3, 16, 19, 32, 40, 64, 80, 130]), seed=st.integers(0, 2**16))
+def test_decode_twin_matches_the_reference_step_by_step(b, h, n, d, seed):
+    """The decode step from the zero state, token by token: its outputs and its state (S, z,
+    sv, sw) against NumPy's ``decode_sequence``, d below, at and above a warp's width and not a
+    multiple of the warps."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((b, h, n, d)).astype(np.float32) for _ in range(3))
+    got, state = _decode_steps(_emulated(linear_attention_decode_gpu(b, h, d, emulate=True)), q, k, v)
+    assert np.all(np.isfinite(got))
+    _check_decode(got, state, q, k, v)
+
+
+def test_decode_twin_keeps_the_kernel_signature_and_attributes():
+    func = la.linear_attention_decode(2, 3, 24)
+    twin = GPU_KERNELS["linear_attention_decode"](func)
+    assert twin.attrs["tirx.is_scheduled"]
+    assert [p.name for p in twin.params] == [p.name for p in func.params]
+    for key in ("kernel", "b", "h", "d"):
+        assert str(twin.attrs[f"accelc.{key}"]) == str(func.attrs[f"accelc.{key}"]), key
+
+
+def test_decode_twin_declines_partials_wider_than_shared_memory():
+    """8 warps' partials of q·S_new: d up to 1536 fits 48 KiB."""
+    assert linear_attention_decode_gpu(1, 1, 1536) is not None
+    assert GPU_KERNELS["linear_attention_decode"](la.linear_attention_decode(1, 1, 1537)) is None
+
+
 def test_linear_attention_twin_rejects_an_unknown_variant():
     with pytest.raises(ValueError, match="variant"):
         linear_attention_gpu(1, 1, 4, 4, "relu2")
@@ -285,3 +340,14 @@ def test_causal_linear_attention_twin_runs_on_the_gpu(local, chunk, shape, tmp_p
     got = _run(lib, _causal_args(q, k, v, bias, gate, local), q.shape, "float32", cuda.device())
     want = lam.linear_attention_reference(q, k, v, "angular", True, chunk, local, 0.125, bias, gate)
     assert _rel(got, want) <= 1e-5
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape", [(1, 12, 5, 64), (2, 2, 3, 19)])
+def test_decode_twin_runs_on_the_gpu(shape, tmp_path, monkeypatch):
+    b, h, n, d = shape
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal((b, h, n, d)).astype(np.float32) for _ in range(3))
+    lib = _on_gpu(linear_attention_decode_gpu(b, h, d), tmp_path, monkeypatch)
+    got, state = _decode_steps(lib, q, k, v, cuda.device())
+    _check_decode(got, state, q, k, v)
