@@ -31,8 +31,9 @@ are all zero dropping out), other loop structure:
      columns ``lane + 32·s``), written back to the shared ``S``; warp ``ty`` adds its staged
      keys' ``Σ k̂``, ``Σ w·v`` and ``Σ w`` into its own shared partials (no other warp writes
      them).
-  TVM's sync planner adds two more, before the state's and the partials' write-backs: five
-  ``__syncthreads`` per tile in the code, none inside a branch that a warp could skip.
+  TVM's sync planner adds its own in the fold, before the write-backs (for ``d = 64`` two:
+  five ``__syncthreads`` per tile in the code; for ``d ≤ 32`` four); none sits inside a branch
+  that some threads could skip.
 
 Parallelism is ``B·H`` blocks and the tiles run one after the other: enough for batched or
 many-head prefill, little for one short sequence. Declined (``None``, the generic GPU rules
