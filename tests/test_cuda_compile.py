@@ -28,6 +28,9 @@ KERNELS = {
     "linear_attention": lambda: la.linear_attention(1, 2, 37, 16),
     "linear_attention_castling_bias": lambda: la.linear_attention(2, 2, 70, 64, "castling", key_bias=True),
     "linear_attention_causal": lambda: la.linear_attention(1, 2, 70, 16, causal=True, chunk=32),
+    "linear_attention_causal_local_bias": lambda: la.linear_attention(2, 2, 45, 19, causal=True, chunk=7, local=True,
+                                                                      key_bias=True),
+    "linear_attention_local": lambda: la.linear_attention(1, 2, 70, 16, chunk=32, local=True),
     "linear_attention_decode": lambda: la.linear_attention_decode(1, 2, 16),
     "polarized_attention": lambda: sp.polarized_attention(1, 2, 37, 64, 300, 0.25),
     "polarized_attention_causal_bias": lambda: sp.polarized_attention(2, 2, 37, 40, 300, 0.25, causal=True,
@@ -88,13 +91,39 @@ def test_shift_add_runs_on_the_gpu_twin(name, decoded):
 @pytest.mark.parametrize("variant", ["angular", "castling"])
 def test_linear_attention_runs_on_the_gpu_twin(variant):
     """Non-causal linear attention is the block-per-head twin: the d×d state in shared memory,
-    the norms (and castling's output norm) by warp butterflies; the causal form is not."""
+    the norms (and castling's output norm) by warp butterflies; the non-causal local form is
+    not (declined: generic rules)."""
     src = cuda_source(la.linear_attention(1, 2, 70, 64, variant, key_bias=True))
     assert "__shared__ alignas(64) float S_ptr[4096];" in src and "__launch_bounds__(256)" in src
     # 5-step butterflies: ‖k‖², ‖q‖², then q·z (angular) or the output's norm (castling)
     assert src.count("__shfl_xor_sync") == 3 * 5
-    causal = cuda_source(la.linear_attention(1, 2, 70, 16, causal=True, chunk=32))
-    assert "S_ptr" not in causal
+    local = cuda_source(la.linear_attention(1, 2, 70, 16, chunk=32, local=True))
+    assert "S_ptr" not in local
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_causal_linear_attention_runs_on_the_gpu_twin(local):
+    """Causal linear attention (and its local-softmax form) is the block-per-head twin too: the
+    prefix state in shared memory, a tile of 32 keys staged beside it with rows padded to 65
+    floats (conflict-free when lane t reads key t), the in-tile weights broadcast by
+    ``__shfl_sync``, three phase barriers per tile and the sync planner's two."""
+    src = cuda_source(la.linear_attention(1, 2, 70, 64, causal=True, chunk=32, local=local, key_bias=True))
+    assert "__shared__ alignas(64) float S_ptr[4096];" in src and "__launch_bounds__(256)" in src
+    assert "__shared__ alignas(64) float keys_ptr[2079];" in src  # 32 rows of 64 + 1, the last one's pad unused
+    # 5-step butterflies: ‖k‖², ‖q‖², the in-tile denominator, q·z (local: and the in-tile max)
+    assert src.count("__shfl_xor_sync") == (5 if local else 4) * 5
+    assert src.count("__shfl_sync((uint)4294967295, wgt_ptr[0], t, 32)") == 2  # Σ_t a_t·v_t, 2 columns a lane
+    assert src.count("__syncthreads()") == 5
+
+
+def test_linear_attention_decode_runs_on_the_gpu_twin():
+    """The decode step is the block-per-head twin: the state streamed once by 8 warps, their
+    partial q·S_new in shared memory, one barrier, then warp 0 finishes the row."""
+    src = cuda_source(la.linear_attention_decode(1, 2, 64))
+    assert "__shared__ alignas(64) float pn_ptr[512];" in src and "__launch_bounds__(256)" in src
+    # 5-step butterflies: ‖k‖² (every warp), then warp 0's ‖k‖², ‖q‖² and q·z_new
+    assert src.count("__shfl_xor_sync") == 4 * 5
+    assert src.count("__syncthreads()") == 1
 
 
 def test_a_kernel_without_a_gpu_version_is_refused_not_built_as_host_code():

@@ -1,5 +1,6 @@
-"""The GPU twins of the shift-add GEMMs and of non-causal linear attention
-(``schedules/cuda/shift_add.py``, ``schedules/cuda/attention_linear.py``).
+"""The GPU twins of the shift-add GEMMs and of linear attention: non-causal, causal and the
+decode step (``schedules/cuda/shift_add.py``, ``schedules/cuda/attention_linear.py``,
+``schedules/cuda/attention_linear_causal.py``, ``schedules/cuda/attention_linear_decode.py``).
 
 CI has no GPU: each twin's program is built for the CPU with its thread loops serial
 (``emulate=True``) and held to the NumPy references (integer path bit-exact). The CUDA builds
@@ -22,6 +23,8 @@ from accelc.schedules import attention_linear as la
 from accelc.schedules import shift_add as sa
 from accelc.schedules.cuda import GPU_KERNELS
 from accelc.schedules.cuda.attention_linear import linear_attention_gpu
+from accelc.schedules.cuda.attention_linear_causal import linear_attention_causal_gpu, tile_keys
+from accelc.schedules.cuda.attention_linear_decode import linear_attention_decode_gpu
 from accelc.schedules.cuda.shift_add import pot_matmul_gpu
 from accelc.targets import cuda
 
@@ -152,14 +155,136 @@ def test_linear_attention_twin_keeps_the_kernel_signature_and_attributes():
         assert str(twin.attrs[f"accelc.{key}"]) == str(func.attrs[f"accelc.{key}"]), key
 
 
-@pytest.mark.parametrize("kwargs", [{"causal": True}, {"local": True}, {"causal": True, "local": True},
-                                    {"d": 96}])
-def test_linear_attention_twin_declines_chunked_forms_and_wide_heads(kwargs):
-    """The causal/local (chunked) forms and a state that does not fit 48 KiB of shared memory
-    are left to the generic GPU rules."""
-    dims = {"b": 1, "h": 2, "n": 40, "d": 16, **{k: v for k, v in kwargs.items() if k == "d"}}
-    flags = {k: v for k, v in kwargs.items() if k != "d"}
+@pytest.mark.parametrize("kwargs", [{"local": True}, {"d": 96}, {"causal": True, "d": 96},
+                                    {"causal": True, "local": True, "chunk": 33},
+                                    {"causal": True, "local": True, "chunk": 32, "d": 80}])
+def test_linear_attention_twin_declines_what_it_does_not_cover(kwargs):
+    """Left to the generic GPU rules: the non-causal local form (its far set is every other
+    chunk), a state that does not fit 48 KiB of shared memory beside a tile (d = 96), a local
+    window wider than a warp, and a window whose tile does not fit beside a d = 80 state."""
+    dims = {"b": 1, "h": 2, "n": 40, "d": 16, "chunk": 64}
+    dims.update({k: v for k, v in kwargs.items() if k in dims})
+    flags = {k: v for k, v in kwargs.items() if k not in dims}
     assert GPU_KERNELS["linear_attention"](la.linear_attention(**dims, **flags)) is None
+
+
+def _causal_args(q, k, v, bias, gate, local):
+    return [q, k, v] + ([bias] if bias is not None else []) + ([gate] if local else [])
+
+
+@pytest.mark.parametrize("local", [False, True])
+@SETTINGS
+@given(b=st.integers(1, 2), h=st.integers(1, 3), n=st.integers(1, 9) | st.integers(30, 70),
+       d=st.sampled_from([1, 3, 16, 19, 32, 40, 64]), chunk=st.integers(1, 12) | st.sampled_from([16, 31, 32]),
+       bias_mode=st.sampled_from(["none", "soft", "masked"]), seed=st.integers(0, 2**16))
+def test_causal_linear_attention_twin_matches_explicit_reference(local, b, h, n, d, chunk, bias_mode, seed):
+    """Causal, and causal with the local softmax (window ``chunk``, ragged last window): tiles of
+    32 keys or one window each, ``n`` across several with a ragged last one, ``d`` below, at and
+    above a warp's width."""
+    rng = np.random.default_rng(seed)
+    q, k, v, bias = _attention_case(rng, b, h, n, d, bias_mode)
+    gate = rng.random((h, n)).astype(np.float32)
+    scale = float(d) ** -0.5
+    func = linear_attention_causal_gpu(b, h, n, d, bias is not None, local=local, chunk=chunk, scale=scale,
+                                       emulate=True)
+    got = _run(_emulated(func), _causal_args(q, k, v, bias, gate, local), q.shape, "float32")
+    want = lam.linear_attention_reference(q, k, v, "angular", True, chunk, local, scale, bias, gate)
+    assert np.all(np.isfinite(got))
+    assert _rel(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("d", [80, 88])
+def test_causal_linear_attention_twin_takes_eight_key_tiles_for_wide_heads(d):
+    """d = 80 and 88 fit 48 KiB only with tiles of 8 keys (one query row per warp and tile)."""
+    assert (tile_keys(45, 64, False, 64), tile_keys(45, d, False, 64), tile_keys(45, 96, False, 64)) == (32, 8, None)
+    rng = np.random.default_rng(d)
+    q, k, v, bias = _attention_case(rng, 1, 2, 45, d, "masked")
+    func = linear_attention_causal_gpu(1, 2, 45, d, True, emulate=True)
+    got = _run(_emulated(func), [q, k, v, bias], q.shape, "float32")
+    want = lam.linear_attention_reference(q, k, v, "angular", True, 64, False, 1.0, bias, None)
+    assert _rel(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_causal_linear_attention_rows_without_a_visible_key_are_zero(local):
+    """Keys 0..9 masked: queries 0..9 see no weighted key (both parts empty) and are exactly 0,
+    as on CPU; later rows are not."""
+    rng = np.random.default_rng(2)
+    q, k, v, _ = _attention_case(rng, 1, 2, 40, 16, "none")
+    bias = np.zeros((1, 40), np.float32)
+    bias[:, :10] = -1e9
+    gate = rng.random((2, 40)).astype(np.float32)
+    func = linear_attention_causal_gpu(1, 2, 40, 16, True, local=local, chunk=8, emulate=True)
+    got = _run(_emulated(func), _causal_args(q, k, v, bias, gate, local), q.shape, "float32")
+    assert np.array_equal(got[:, :, :10], np.zeros_like(got[:, :, :10]))
+    assert np.all(np.abs(got[:, :, 10:]).sum(-1) > 0)
+    want = lam.linear_attention_reference(q, k, v, "angular", True, 8, local, 1.0, bias, gate)
+    assert _rel(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_causal_linear_attention_twin_keeps_the_kernel_signature_and_attributes(local):
+    func = la.linear_attention(2, 3, 20, 8, causal=True, chunk=6, local=local, scale=0.5, key_bias=True)
+    twin = GPU_KERNELS["linear_attention"](func)
+    assert twin is not None and twin.attrs["tirx.is_scheduled"]
+    names = ["q", "k", "v", "key_bias"] + (["gate"] if local else []) + ["out"]
+    assert [p.name for p in twin.params] == [p.name for p in func.params] == names
+    for key in ("kernel", "b", "h", "n", "d", "causal", "chunk", "local", "key_bias", "variant", "scale"):
+        assert str(twin.attrs[f"accelc.{key}"]) == str(func.attrs[f"accelc.{key}"]), key
+
+
+def _decode_steps(lib, q, k, v, dev=None):
+    """``q, k, v`` ``[B, H, N, d]`` through the decode kernel token by token from the zero
+    state: the outputs ``[B, H, N, d]`` and the final state."""
+    b, h, n, d = q.shape
+    state = [np.zeros((b, h, d, d), np.float32), np.zeros((b, h, d), np.float32), np.zeros((b, h, d), np.float32),
+             np.zeros((b, h), np.float32)]
+    dev = dev or tvm.cpu()
+    rows = []
+    for i in range(n):
+        args = [q[:, :, i], k[:, :, i], v[:, :, i], *state]
+        outs = [tvm.runtime.tensor(np.zeros(x.shape, np.float32), dev) for x in [q[:, :, i]] + state]
+        lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], *outs)
+        out, *state = [o.numpy() for o in outs]
+        rows.append(out)
+    return np.stack(rows, axis=2), state
+
+
+def _check_decode(got, state, q, k, v):
+    ref_out, ref_state = lam.decode_sequence(q, k, v)
+    assert _rel(got, ref_out) <= 1e-5
+    assert _rel(got, lam.causal_angular_attention_explicit(q, k, v)) <= 1e-5  # decode = causal prefill
+    for g, w in zip(state, ref_state):
+        assert _rel(g, w) <= 1e-5
+
+
+@SETTINGS
+@given(b=st.integers(1, 2), h=st.integers(1, 3), n=st.integers(1, 6),
+       d=st.sampled_from([1, 3, 16, 19, 32, 40, 64, 80, 130]), seed=st.integers(0, 2**16))
+def test_decode_twin_matches_the_reference_step_by_step(b, h, n, d, seed):
+    """The decode step from the zero state, token by token: its outputs and its state (S, z,
+    sv, sw) against NumPy's ``decode_sequence``, d below, at and above a warp's width and not a
+    multiple of the warps."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((b, h, n, d)).astype(np.float32) for _ in range(3))
+    got, state = _decode_steps(_emulated(linear_attention_decode_gpu(b, h, d, emulate=True)), q, k, v)
+    assert np.all(np.isfinite(got))
+    _check_decode(got, state, q, k, v)
+
+
+def test_decode_twin_keeps_the_kernel_signature_and_attributes():
+    func = la.linear_attention_decode(2, 3, 24)
+    twin = GPU_KERNELS["linear_attention_decode"](func)
+    assert twin.attrs["tirx.is_scheduled"]
+    assert [p.name for p in twin.params] == [p.name for p in func.params]
+    for key in ("kernel", "b", "h", "d"):
+        assert str(twin.attrs[f"accelc.{key}"]) == str(func.attrs[f"accelc.{key}"]), key
+
+
+def test_decode_twin_declines_partials_wider_than_shared_memory():
+    """8 warps' partials of q·S_new: d up to 1536 fits 48 KiB."""
+    assert linear_attention_decode_gpu(1, 1, 1536) is not None
+    assert GPU_KERNELS["linear_attention_decode"](la.linear_attention_decode(1, 1, 1537)) is None
 
 
 def test_linear_attention_twin_rejects_an_unknown_variant():
@@ -200,3 +325,29 @@ def test_linear_attention_twin_runs_on_the_gpu(variant, shape, tmp_path, monkeyp
     got = _run(lib, [q, k, v, bias], q.shape, "float32", cuda.device())
     want = lam.linear_attention_reference(q, k, v, variant, False, 64, False, 1.0, bias, None)
     assert _rel(got, want) <= 1e-5
+
+
+@needs_gpu
+@pytest.mark.parametrize("local,chunk", [(False, 64), (True, 32), (True, 7)])
+@pytest.mark.parametrize("shape", [(1, 3, 197, 64), (2, 2, 37, 19)])
+def test_causal_linear_attention_twin_runs_on_the_gpu(local, chunk, shape, tmp_path, monkeypatch):
+    b, h, n, d = shape
+    rng = np.random.default_rng(5)
+    q, k, v, bias = _attention_case(rng, b, h, n, d, "masked")
+    gate = rng.random((h, n)).astype(np.float32)
+    lib = _on_gpu(linear_attention_causal_gpu(b, h, n, d, True, local=local, chunk=chunk, scale=0.125), tmp_path,
+                  monkeypatch)
+    got = _run(lib, _causal_args(q, k, v, bias, gate, local), q.shape, "float32", cuda.device())
+    want = lam.linear_attention_reference(q, k, v, "angular", True, chunk, local, 0.125, bias, gate)
+    assert _rel(got, want) <= 1e-5
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape", [(1, 12, 5, 64), (2, 2, 3, 19)])
+def test_decode_twin_runs_on_the_gpu(shape, tmp_path, monkeypatch):
+    b, h, n, d = shape
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal((b, h, n, d)).astype(np.float32) for _ in range(3))
+    lib = _on_gpu(linear_attention_decode_gpu(b, h, d), tmp_path, monkeypatch)
+    got, state = _decode_steps(lib, q, k, v, cuda.device())
+    _check_decode(got, state, q, k, v)

@@ -54,6 +54,7 @@ def default_rules() -> list[dl.ScheduleRule]:
     return [Guarded(r) for r in rules]
 
 
-from . import attention_linear, attention_sparse, shift_add  # noqa: E402,F401 - register their twins
+# Imported to register their twins.
+from . import attention_linear, attention_linear_decode, attention_sparse, shift_add  # noqa: E402,F401
 
 __all__ = ["GPU_KERNELS", "default_rules", "gpu_kernels", "register"]

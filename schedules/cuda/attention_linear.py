@@ -27,8 +27,10 @@ write-backs), five per ``KT`` keys in all.
 
 Parallelism is ``B·H`` blocks: enough for batched or many-head inputs, few for one image of a
 small ViT (the state is not split over ``n`` across blocks). The shared state holds ``d`` up
-to 88 (castling, without the partials, a little more); larger ``d``, and the causal and local (chunked) forms, are declined (``None``) and
-stay with the generic GPU rules.
+to 88 (castling, without the partials, a little more); larger ``d`` is declined (``None``) and
+stays with the generic GPU rules. The causal forms (with or without the local softmax) are
+``attention_linear_causal.py``'s twin, which the registered builder here hands them to; the
+non-causal local form is declined (its docstring says why).
 
 ``emulate=True`` builds the same program for a CPU (``warp.WarpLayout``), which the CPU tests
 hold to the NumPy reference; only the thread bindings and the shuffles differ from the CUDA
@@ -37,17 +39,14 @@ build.
 
 from __future__ import annotations
 
-import functools
-import math
-import operator
-
-from tvm import tirx
 from tvm.script import tirx as T
 
 from ...targets.cuda import LIMITS
 from ..attention_linear import EPS
 from ..kernel_attrs import kernel_param, kernel_param_float, named_kernel
 from . import register
+from .attention_linear_causal import linear_attention_causal_gpu
+from .linear_state import HALF, ONE, ZERO, StateRows, state_shape
 from .warp import WARP, WarpLayout
 
 #: Warps per block (256 threads).
@@ -76,76 +75,45 @@ def linear_attention_gpu(b: int, h: int, n: int, d: int, variant: str = "angular
 
 @register("linear_attention")
 def _twin(func):
-    if kernel_param(func, "causal") or kernel_param(func, "local"):
-        return None  # the chunked forms: generic rules
-    p = {key: kernel_param(func, key) for key in ("b", "h", "n", "d", "key_bias", "chunk")}
-    return linear_attention_gpu(p["b"], p["h"], p["n"], p["d"], str(func.attrs["accelc.variant"]),
-                                bool(p["key_bias"]), chunk=p["chunk"], scale=kernel_param_float(func, "scale"))
-
-
-def _state_shape(d: int, warps: int) -> tuple[int, int]:
-    """The shared state's rows and columns: ``d`` padded to whole warps and whole lanes, so the
-    register tiles need no bounds checks (the padding stays 0)."""
-    return -(-d // warps) * warps, -(-d // WARP) * WARP
+    p = {key: kernel_param(func, key) for key in ("b", "h", "n", "d", "key_bias", "chunk", "causal", "local")}
+    shape, scale = (p["b"], p["h"], p["n"], p["d"]), kernel_param_float(func, "scale")
+    if p["causal"]:
+        return linear_attention_causal_gpu(*shape, bool(p["key_bias"]), local=bool(p["local"]), chunk=p["chunk"],
+                                           scale=scale)
+    if p["local"]:
+        return None  # non-causal local: its far set is every other chunk (attention_linear_causal.py)
+    return linear_attention_gpu(*shape, str(func.attrs["accelc.variant"]), bool(p["key_bias"]), chunk=p["chunk"],
+                                scale=scale)
 
 
 def _shared_floats(d: int, keys: int, warps: int, castling: bool) -> int:
-    rows, cols = _state_shape(d, warps)
+    rows, cols = state_shape(d, warps)
     partials = 0 if castling else 2 * warps * cols + warps
     return rows * cols + keys * rows + keys * cols + partials
 
 
 def _build(B, H, N, D, castling, has_bias, W, KT, lay: WarpLayout):
-    SR, SC = _state_shape(D, W)  # state rows (by warp) and columns (by lane), padded
+    SR, SC = state_shape(D, W)  # state rows (by warp) and columns (by lane), padded
     RPW, SPL = SR // W, SC // WARP  # state rows per warp, columns per lane
     DPL = -(-D // WARP)  # q / output columns per lane
     KPW = KT // W  # keys per warp and chunk
     NCH = -(-N // KT)
     PW = 1 if castling else W  # warps' partial sums (angular)
     LN = lay.held
-    ZERO = T.float32(0.0)
-    HALF = T.float32(0.5)
-    ONE = T.float32(1.0)
     EPS_ = T.float32(EPS)
-    INV_PI = T.float32(1.0 / math.pi)
     warp_sum = lay.sum_macro()
     barrier = lay.barrier_macro()
-
-    def over_warps(partial, c):
-        """Column ``c`` of a per-warp shared partial (``z``, ``Σw·v``, ``Σw``) summed over the warps."""
-        return functools.reduce(operator.add, [partial[w, c] for w in range(W)])
-
-    @T.macro
-    def zero_state(S, zpart, svpart, swpart, ty, lane):
-        for r, s in T.grid(RPW, SPL):
-            S[ty + W * r, lane + WARP * s] = ZERO
-        if not castling:
-            for s in range(SPL):
-                zpart[ty, lane + WARP * s] = ZERO
-                svpart[ty, lane + WARP * s] = ZERO
-            swpart[ty, lane] = ZERO
+    rows = StateRows(lay, B, H, N, D, W, has_bias, partials=not castling)
+    over_warps = rows.over_warps
 
     @T.macro
     def stage_key(k, v, key_bias, kh, vs, kreg, vreg, sums, part, wst, bb, hh, ch, jj, ty, tx):
         """Key ``ch·KT + jj`` (zero past ``N``) into the shared chunk, scaled by w/‖k‖."""
         j = T.meta_var(ch * KT + jj)
-        jc = T.meta_var(T.min(j, N - 1))
-        for li in lay.lanes():
-            part[li] = ZERO
-            for s in T.unroll(SPL):
-                c = T.meta_var(lay.lane(li, tx) + WARP * s)
-                kreg[li, s] = T.if_then_else(tirx.all(j < N, c < D), k[bb, hh, jc, T.min(c, D - 1)], ZERO)
-                part[li] = part[li] + kreg[li, s] * kreg[li, s]
-        warp_sum(part)
-        if has_bias:
-            wst[0] = T.Select(j < N, T.exp(key_bias[bb, jc]), ZERO)
-        else:
-            wst[0] = T.Select(j < N, ONE, ZERO)
-        wst[1] = wst[0] / T.sqrt(part[0] + EPS_)
+        rows.load_key(k, v, key_bias, kreg, vreg, part, wst, bb, hh, j, j < N, tx)
         for li in lay.lanes():
             for s in T.unroll(SPL):
                 c = T.meta_var(lay.lane(li, tx) + WARP * s)
-                vreg[li, s] = T.if_then_else(tirx.all(j < N, c < D), v[bb, hh, jc, T.min(c, D - 1)], ZERO)
                 if c < SR:
                     kh[jj, c] = kreg[li, s] * wst[1]
                 vs[jj, c] = vreg[li, s]
@@ -156,46 +124,8 @@ def _build(B, H, N, D, castling, has_bias, W, KT, lay: WarpLayout):
                 sums[li, 2 * SPL] = sums[li, 2 * SPL] + wst[0]
 
     @T.macro
-    def flush_sums(zpart, svpart, swpart, sums, ty, tx):
-        """The thread's sums over its warp's keys of the chunk added into the warp's shared
-        partials of ``z``, ``Σw·v`` and ``Σw`` (every lane keeps a copy of ``Σw``: no
-        single-lane branch for TVM's sync planner to put a barrier in)."""
-        for li in lay.lanes():
-            for s in range(SPL):
-                zpart[ty, lay.lane(li, tx) + WARP * s] = zpart[ty, lay.lane(li, tx) + WARP * s] + sums[li, s]
-                svpart[ty, lay.lane(li, tx) + WARP * s] = svpart[ty, lay.lane(li, tx) + WARP * s] + sums[li, SPL + s]
-            swpart[ty, lay.lane(li, tx)] = swpart[ty, lay.lane(li, tx)] + sums[li, 2 * SPL]
-
-    @T.macro
-    def add_chunk(S, kh, vs, acc, ty, tx):
-        """The thread's register tile of S plus the chunk's ``Σ_jj k̂[jj, a]·v[jj, c]``."""
-        for li in lay.lanes():
-            lane = T.meta_var(lay.lane(li, tx))
-            for r, s in T.grid(RPW, SPL):
-                acc[li, r, s] = S[ty + W * r, lane + WARP * s]
-            for jj in range(KT):
-                for r in T.unroll(RPW):
-                    for s in T.unroll(SPL):
-                        acc[li, r, s] = acc[li, r, s] + kh[jj, ty + W * r] * vs[jj, lane + WARP * s]
-            for r, s in T.grid(RPW, SPL):
-                S[ty + W * r, lane + WARP * s] = acc[li, r, s]
-
-    @T.macro
     def out_row(q, v, out, S, zpart, svpart, swpart, qreg, num, part, st, bb, hh, i, tx):
-        for li in lay.lanes():
-            part[li] = ZERO
-            for t in T.unroll(DPL):
-                c = T.meta_var(lay.lane(li, tx) + WARP * t)
-                qreg[li, t] = T.if_then_else(c < D, q[bb, hh, i, T.min(c, D - 1)], ZERO)
-                part[li] = part[li] + qreg[li, t] * qreg[li, t]
-        warp_sum(part)
-        st[0] = INV_PI / T.sqrt(part[0] + EPS_)  # q_scale
-        for li in lay.lanes():
-            for t in T.unroll(DPL):
-                num[li, t] = ZERO
-            for a in range(D):  # q·S: q[a] is one broadcast read, S's row a coalesced
-                for t in T.unroll(DPL):
-                    num[li, t] = num[li, t] + q[bb, hh, i, a] * S[a, lay.lane(li, tx) + WARP * t]
+        rows.query_state(q, S, qreg, num, part, st, bb, hh, i, tx)
         if castling:
             for li in lay.lanes():
                 part[li] = ZERO
@@ -211,11 +141,7 @@ def _build(B, H, N, D, castling, has_bias, W, KT, lay: WarpLayout):
                     if c < D:
                         out[bb, hh, i, c] = num[li, t] * st[1]
         else:
-            for li in lay.lanes():
-                part[li] = ZERO
-                for t in T.unroll(DPL):
-                    part[li] = part[li] + qreg[li, t] * over_warps(zpart, lay.lane(li, tx) + WARP * t)
-            warp_sum(part)
+            rows.query_z(qreg, zpart, part, tx)
             st[2] = HALF * over_warps(swpart, 0) + st[0] * part[0]  # the denominator
             st[1] = T.Select(st[2] > ZERO, ONE / st[2], ZERO)
             for li in lay.lanes():
@@ -225,79 +151,53 @@ def _build(B, H, N, D, castling, has_bias, W, KT, lay: WarpLayout):
                         out[bb, hh, i, c] = (HALF * over_warps(svpart, c) + st[0] * num[li, t]) * st[1]
 
     @T.macro
-    def body(q, k, v, key_bias, out):
-        for bx in lay.blocks(B * H):
-            with T.sblock("head"):
-                T.reads(q[:, :, :, :], k[:, :, :, :], v[:, :, :, :])
-                T.writes(out[:, :, :, :])
-                bb = T.meta_var(bx // H)
-                hh = T.meta_var(bx % H)
-                S = T.alloc_buffer((SR, SC), "float32", scope="shared")
-                kh = T.alloc_buffer((KT, SR), "float32", scope="shared")
-                vs = T.alloc_buffer((KT, SC), "float32", scope="shared")
-                zpart = T.alloc_buffer((PW, SC), "float32", scope="shared")
-                svpart = T.alloc_buffer((PW, SC), "float32", scope="shared")
-                swpart = T.alloc_buffer((PW, WARP), "float32", scope="shared")
-                for ty in lay.warps(W):
-                    for tx in lay.lane_threads():
-                        for li in lay.lanes():
-                            zero_state(S, zpart, svpart, swpart, ty, lay.lane(li, tx))
-                for ch in range(NCH):
-                    for ty in lay.warps(W):
-                        for tx in lay.lane_threads():
-                            with T.sblock("stage"):
-                                T.reads(k[:, :, :, :], v[:, :, :, :])
-                                T.writes(kh[:, :], vs[:, :], zpart[:, :], svpart[:, :], swpart[:, :])
-                                barrier()
-                                kreg = T.alloc_buffer((LN, SPL), "float32", scope="local")
-                                vreg = T.alloc_buffer((LN, SPL), "float32", scope="local")
-                                part = T.alloc_buffer((LN,), "float32", scope="local")
-                                wst = T.alloc_buffer((2,), "float32", scope="local")
-                                sums = T.alloc_buffer((LN, 2 * SPL + 1), "float32", scope="local")
-                                for li, e in T.grid(LN, 2 * SPL + 1):
-                                    sums[li, e] = ZERO
-                                for p in range(KPW):
-                                    stage_key(k, v, key_bias, kh, vs, kreg, vreg, sums, part, wst, bb, hh, ch,
-                                              ty + W * p, ty, tx)
-                                if not castling:
-                                    flush_sums(zpart, svpart, swpart, sums, ty, tx)
-                    for ty in lay.warps(W):
-                        for tx in lay.lane_threads():
-                            with T.sblock("accumulate"):
-                                T.reads(kh[:, :], vs[:, :])
-                                T.writes(S[:, :])
-                                barrier()
-                                acc = T.alloc_buffer((LN, RPW, SPL), "float32", scope="local")
-                                add_chunk(S, kh, vs, acc, ty, tx)
-                for ty in lay.warps(W):
-                    for tx in lay.lane_threads():
-                        with T.sblock("rows"):
-                            T.reads(q[:, :, :, :], v[:, :, :, :], S[:, :], zpart[:, :], svpart[:, :], swpart[:, :])
-                            T.writes(out[:, :, :, :])
-                            barrier()
-                            qreg = T.alloc_buffer((LN, DPL), "float32", scope="local")
-                            num = T.alloc_buffer((LN, DPL), "float32", scope="local")
-                            part = T.alloc_buffer((LN,), "float32", scope="local")
-                            st = T.alloc_buffer((3,), "float32", scope="local")
-                            for p in range(-(-N // W)):
-                                if ty + W * p < N:  # the same for the whole warp
-                                    out_row(q, v, out, S, zpart, svpart, swpart, qreg, num, part, st, bb, hh,
-                                            ty + W * p, tx)
+    def head(q, k, v, key_bias, gate, out, bb, hh, S, zpart, svpart, swpart):
+        kh = T.alloc_buffer((KT, SR), "float32", scope="shared")
+        vs = T.alloc_buffer((KT, SC), "float32", scope="shared")
+        for ch in range(NCH):
+            for ty in lay.warps(W):
+                for tx in lay.lane_threads():
+                    with T.sblock("stage"):
+                        T.reads(k[:, :, :, :], v[:, :, :, :])
+                        T.writes(kh[:, :], vs[:, :], zpart[:, :], svpart[:, :], swpart[:, :])
+                        barrier()
+                        kreg = T.alloc_buffer((LN, SPL), "float32", scope="local")
+                        vreg = T.alloc_buffer((LN, SPL), "float32", scope="local")
+                        part = T.alloc_buffer((LN,), "float32", scope="local")
+                        wst = T.alloc_buffer((2,), "float32", scope="local")
+                        sums = T.alloc_buffer((LN, 2 * SPL + 1), "float32", scope="local")
+                        for li, e in T.grid(LN, 2 * SPL + 1):
+                            sums[li, e] = ZERO
+                        for p in range(KPW):
+                            stage_key(k, v, key_bias, kh, vs, kreg, vreg, sums, part, wst, bb, hh, ch,
+                                      ty + W * p, ty, tx)
+                        if not castling:
+                            rows.flush_sums(zpart, svpart, swpart, sums, ty, tx)
+            for ty in lay.warps(W):
+                for tx in lay.lane_threads():
+                    with T.sblock("accumulate"):
+                        T.reads(kh[:, :], vs[:, :])
+                        T.writes(S[:, :])
+                        barrier()
+                        acc = T.alloc_buffer((LN, RPW, SPL), "float32", scope="local")
+                        krow = T.alloc_buffer((LN, RPW), "float32", scope="local")
+                        rows.add_to_state(S, vs, acc, krow, lambda jj, a: kh[jj, a], KT, ty, tx)
+        for ty in lay.warps(W):
+            for tx in lay.lane_threads():
+                with T.sblock("rows"):
+                    T.reads(q[:, :, :, :], v[:, :, :, :], S[:, :], zpart[:, :], svpart[:, :], swpart[:, :])
+                    T.writes(out[:, :, :, :])
+                    barrier()
+                    qreg = T.alloc_buffer((LN, DPL), "float32", scope="local")
+                    num = T.alloc_buffer((LN, DPL), "float32", scope="local")
+                    part = T.alloc_buffer((LN,), "float32", scope="local")
+                    st = T.alloc_buffer((3,), "float32", scope="local")
+                    for p in range(-(-N // W)):
+                        if ty + W * p < N:  # the same for the whole warp
+                            out_row(q, v, out, S, zpart, svpart, swpart, qreg, num, part, st, bb, hh,
+                                    ty + W * p, tx)
 
-    if has_bias:
-        @T.prim_func(s_tir=True)
-        def kernel(q: T.Buffer((B, H, N, D), "float32"), k: T.Buffer((B, H, N, D), "float32"),
-                   v: T.Buffer((B, H, N, D), "float32"), key_bias: T.Buffer((B, N), "float32"),
-                   out: T.Buffer((B, H, N, D), "float32")):
-            T.func_attr({"tirx.noalias": True})
-            body(q, k, v, key_bias, out)
-    else:
-        @T.prim_func(s_tir=True)
-        def kernel(q: T.Buffer((B, H, N, D), "float32"), k: T.Buffer((B, H, N, D), "float32"),
-                   v: T.Buffer((B, H, N, D), "float32"), out: T.Buffer((B, H, N, D), "float32")):
-            T.func_attr({"tirx.noalias": True})
-            body(q, k, v, None, out)
-    return kernel
+    return rows.kernel(head, False)
 
 
 __all__ = ["WARPS", "linear_attention_gpu"]

@@ -5,13 +5,15 @@ and lane ``tx`` (threadIdx.x). Every per-lane step sits in a ``for li in lanes()
 the lanes one program holds, and its registers are indexed ``[li, …]``:
 
 - on the GPU a program is one thread: ``lanes()`` is one iteration (``li = 0``), the lane is
-  ``tx``, a warp-wide sum is a ``__shfl_xor_sync`` butterfly;
+  ``tx``, a warp-wide sum (or max) is a ``__shfl_xor_sync`` butterfly and reading another
+  lane's register a ``__shfl_sync``;
 - emulated (``emulate=True``, for the CPU tests: there is no GPU in CI) a program is a whole
   warp: ``lanes()`` runs the 32 lanes in turn (``li`` is the lane), blocks and warps are
-  serial loops, and the warp-wide sum adds the 32 lanes' registers.
+  serial loops, the warp-wide sum (or max) combines the 32 lanes' registers and another lane's
+  register is read at its index.
 
 So the emulated program is the CUDA one with its thread bindings as loops and its shuffles as
-sums; the CPU tests check it against the NumPy references.
+sums and reads; the CPU tests check it against the NumPy references.
 """
 
 from __future__ import annotations
@@ -49,19 +51,34 @@ class WarpLayout:
     def sum_macro(self):
         """A macro ``warp_sum(part)``: ``part[0]`` becomes the sum of ``part[li]`` over the
         warp's lanes, in every lane (a 5-step butterfly on the GPU; the warp must not diverge)."""
+        return self._butterfly(lambda x, y: x + y)
+
+    def max_macro(self):
+        """A macro ``warp_max(part)``: as ``sum_macro`` with the maximum."""
+        return self._butterfly(T.max)
+
+    def _butterfly(self, combine):
         full = T.uint32(0xFFFFFFFF)
 
         if self.emulate:
             @T.macro
-            def warp_sum(part):
+            def reduce(part):
                 for other in range(1, WARP):
-                    part[0] = part[0] + part[other]
+                    part[0] = combine(part[0], part[other])
         else:
             @T.macro
-            def warp_sum(part):
+            def reduce(part):
                 for o in T.unroll(5):
-                    part[0] = part[0] + T.tvm_warp_shuffle_xor(full, part[0], T.shift_left(1, 4 - o), WARP, WARP)
-        return warp_sum
+                    part[0] = combine(part[0], T.tvm_warp_shuffle_xor(full, part[0], T.shift_left(1, 4 - o), WARP,
+                                                                      WARP))
+        return reduce
+
+    def broadcast(self, reg, src):
+        """Lane ``src``'s ``reg`` in every lane (``__shfl_sync`` on the GPU; the warp must not
+        diverge). Emulated, ``reg[src]``: ``reg`` must be complete for every lane by then."""
+        if self.emulate:
+            return reg[src]
+        return T.tvm_warp_shuffle(T.uint32(0xFFFFFFFF), reg[0], src, WARP, WARP)
 
     def barrier_macro(self):
         """A macro ``barrier()``: ``__syncthreads()`` on the GPU (nothing emulated, where the
