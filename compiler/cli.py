@@ -239,6 +239,12 @@ def _summary(arrays: dict) -> str:
 
 
 # -- commands --------------------------------------------------------------------------------
+def _target_label(meta) -> str:
+    """``cpu (emeraldrapids)``, ``cuda (sm_90)``: the target and the chip it was built for."""
+    chip = meta.target.get("arch") or meta.target.get("mcpu") or ""
+    return f"{meta.target_name} ({chip})" if chip else meta.target_name
+
+
 def cmd_compile(args) -> int:
     from .artifact import check_writable
 
@@ -247,7 +253,7 @@ def cmd_compile(args) -> int:
     model = _compile(args, args.model)
     secs = time.perf_counter() - t0
     lib = model.export(args.output)
-    print(f"compiled {args.model} for {model.meta.target_name} ({model.meta.target.get('mcpu', '')}) "
+    print(f"compiled {args.model} for {_target_label(model.meta)} "
           f"in {secs:.1f} s -> {lib} (+ {lib.with_suffix('.json').name})")
     print("inputs:  " + ", ".join(map(str, model.inputs)))
     print("outputs: " + ", ".join(map(str, model.outputs)))

@@ -130,6 +130,7 @@ def test_cli_compile_for_cuda_and_arch_misuse(tmp_path):
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "m.so").exists() and (tmp_path / "m.json").exists()
+    assert " for cuda (sm_80) in " in ok.stdout, ok.stdout  # the arch it was built for, as the CPU's mcpu
     bad = subprocess.run(cmd + ["compile", str(path), "-t", "cpu", "--arch", "sm_80", "-o", str(tmp_path / "c.so")],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--arch applies to -t cuda only" in bad.stderr
