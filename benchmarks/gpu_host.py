@@ -25,9 +25,14 @@ everything into compressed bundles of at most ``--max-mib`` each::
 * ``MANIFEST.json``: bundles (bytes, SHA-256, cases), cases, arch, date, versions.
 
 Default cases: every zoo model (``minilm-l6`` is skipped with a note when its optional
-weights package is missing), ``gemm-fp32-1024`` (1024³ fp32) and ``gemm-fp16-4096`` (4096³,
-fp16 in, fp32 accumulate and out). Other names: ``gemm-fp32-N``, ``gemm-fp16-MxNxK``,
-``mlp-tiny`` (a 16→32→8 MLP, for self-tests).
+weights package is missing), the rewrites ``deit-tiny+linearize``, ``gpt2-like+linearize``
+and ``deit-tiny+shift-add`` (``DEFAULT_REWRITES``), ``gemm-fp32-1024`` (1024³ fp32) and
+``gemm-fp16-4096`` (4096³, fp16 in, fp32 accumulate and out). Other names: ``gemm-fp32-N``,
+``gemm-fp16-MxNxK``, ``mlp-tiny`` (a 16→32→8 MLP, for self-tests), and ``MODEL+PASS[+PASS…]``
+(a zoo model through accelc's passes, e.g. ``bert-encoder+shift-add:terms=2``; no commas:
+``--cases`` splits on them). A rewrite case's reference is accelc's CPU build of the same
+rewrite; its fidelity against onnxruntime on the original model is measured here and carried
+along, and the runner reports its speed-up over the original model when both ran.
 
 On the GPU host (see ``gpu_host_run.py``; it is in the runtime bundle too), once the bundles
 are in ``gpu-pack/``::
@@ -79,6 +84,10 @@ SAMPLES = 65536
 #: fp32 models against onnxruntime on CPU: fast-math exp/erf and another reduction order on the
 #: GPU move results by ~1e-5 relative; a broken kernel is off by O(1)
 TOL_MODEL = {"rtol": 1e-2, "atol": 1e-3}
+#: Rewritten zoo models packed by default, beside their originals: the GPU run reports each one's
+#: speed-up over its original model (the custom kernels' GPU twins against the dense/softmax
+#: kernels they replace, in a whole model) and carries its fidelity, measured here.
+DEFAULT_REWRITES = ("deit-tiny+linearize", "gpt2-like+linearize", "deit-tiny+shift-add")
 #: the GEMM inputs make every fp32 sum exact, so fp32 GEMMs must be (near) exact
 TOL_GEMM_FP32 = {"rtol": 1e-4, "atol": 1e-3}
 #: fp16 inputs: loose enough for fp16 partial sums or split-K, tight enough to catch garbage
@@ -113,7 +122,19 @@ def default_cases(models: list[str] | None = None) -> list[str]:
         if unknown:
             raise PackError(f"unknown zoo model(s) {', '.join(unknown)}; available: {', '.join(names)}")
         names = [m for m in names if m in models]
-    return names + list(DEFAULT_GEMMS)
+    rewrites = [r for r in DEFAULT_REWRITES if r.partition("+")[0] in names]
+    return names + rewrites + list(DEFAULT_GEMMS)
+
+
+def parse_rewrite(name: str) -> tuple[str, list[str]] | None:
+    """``MODEL+PASS[+PASS…]`` → (zoo model, pass specs); None for any other case name."""
+    model, plus, passes = name.partition("+")
+    if not plus:
+        return None
+    specs = [p for p in passes.split("+") if p]
+    if not model or not specs:
+        raise PackError(f"case '{name}': expected MODEL+PASS[+PASS...] (e.g. deit-tiny+linearize)")
+    return model, specs
 
 
 def parse_gemm(name: str) -> tuple[str, int, int, int] | None:
@@ -217,6 +238,9 @@ def build_case(name: str, target: str, arch: str | None, stage: Path, full_limit
     else:
         from accelc.compiler.oracle import run_onnxruntime
 
+        rewrite = parse_rewrite(name)
+        if rewrite:
+            return _build_rewrite_case(name, *rewrite, target, arch, case_dir, info, t0, full_limit, log)
         if name == "mlp-tiny":
             proto, feeds = _mlp_tiny()
             kind = "onnx"
@@ -232,7 +256,7 @@ def build_case(name: str, target: str, arch: str | None, stage: Path, full_limit
             kind = "onnx-zoo"
         else:
             raise PackError(f"unknown case '{name}': a zoo model ({', '.join(zoo.names())}), "
-                            "gemm-fp32-N, gemm-fp16-MxNxK or mlp-tiny")
+                            "MODEL+PASS[+PASS...], gemm-fp32-N, gemm-fp16-MxNxK or mlp-tiny")
         imported = import_onnx(proto)
         cm = _compile(imported, target, arch)
         feeds = {s.name: np.asarray(feeds[s.name]) for s in cm.meta.inputs}
@@ -245,6 +269,56 @@ def build_case(name: str, target: str, arch: str | None, stage: Path, full_limit
         _save_npz(case_dir / "inputs.npz", feeds)
         info.update(kind=kind, inputs={"file": "inputs.npz"}, tolerance=dict(TOL_MODEL),
                     reference=f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider")
+    return _finish_case(name, cm, ref, case_dir, info, t0, full_limit, log)
+
+
+def _check_rewrite(name: str, model: str, specs: list[str]) -> None:
+    from accelc import models as zoo
+    from accelc.compiler.pipeline import check_passes
+    from accelc.errors import AccelcError
+
+    if model not in zoo.names():
+        raise PackError(f"case '{name}': unknown zoo model '{model}'; available: {', '.join(zoo.names())}")
+    try:
+        check_passes(specs)
+    except AccelcError as err:
+        raise PackError(f"case '{name}': {err}") from None
+
+
+def _build_rewrite_case(name, model, specs, target, arch, case_dir, info, t0, full_limit, log) -> Case:
+    """A zoo model rewritten by ``specs`` (calibrated on seeds 1 and 2, as ``bench_models``
+    does). Reference: accelc's CPU build of the same rewrite on the same inputs — the GPU build
+    must compute what the rewrite computes; what the rewrite costs in accuracy (cosine and
+    top-1 of the first output against onnxruntime on the original model) goes in ``fidelity``."""
+    import accelc
+    from accelc import models as zoo
+    from accelc.compiler.oracle import run_onnxruntime
+
+    _check_rewrite(name, model, specs)
+    proto, feeds = zoo.build(model), zoo.example_inputs(model)
+    calib = [zoo.example_inputs(model, seed=s) for s in (1, 2)]
+    try:
+        cm = accelc.compile(proto, target=target, passes=specs, calibration=calib,
+                            target_options={"arch": arch} if target == "cuda" and arch else {})
+        cpu = cm if target == "cpu" else accelc.compile(proto, passes=specs, calibration=calib)
+    except accelc.AccelcError as err:
+        raise PackError(f"case '{name}': {err}") from None
+    feeds = {s.name: np.asarray(feeds[s.name]) for s in cm.meta.inputs}
+    ref = cpu.run(feeds)
+    first = cm.meta.outputs[0].name
+    orig = run_onnxruntime(proto, feeds)
+    got, want = np.asarray(ref[first], np.float64), np.asarray(orig[first], np.float64)
+    cos = float((got * want).sum() / max(np.linalg.norm(got) * np.linalg.norm(want), 1e-30))
+    top1 = float((got.reshape(-1, got.shape[-1]).argmax(-1) == want.reshape(-1, want.shape[-1]).argmax(-1)).mean())
+    _save_npz(case_dir / "inputs.npz", feeds)
+    info.update(kind="rewrite", base=model, passes=specs, inputs={"file": "inputs.npz"}, tolerance=dict(TOL_MODEL),
+                reference=f"accelc {accelc.__version__} CPU build of the same rewrite",
+                fidelity={"output": first, "cosine": cos, "top1": top1,
+                          "against": "onnxruntime on the original model"})
+    return _finish_case(name, cm, ref, case_dir, info, t0, full_limit, log)
+
+
+def _finish_case(name, cm, ref, case_dir, info, t0, full_limit, log) -> Case:
     info["compile_s"] = round(time.perf_counter() - t0, 2)
     cm.export(case_dir / "model.so")
     expected, sampled = _expected_arrays(ref, full_limit)
@@ -471,9 +545,12 @@ def pack(out: str | os.PathLike, arch: str | None = "sm_90", cases: list[str] | 
         if not parse_gemm(name) and name != "mlp-tiny":
             from accelc import models as zoo
 
-            if name not in zoo.names():
+            rewrite = parse_rewrite(name)
+            if rewrite:
+                _check_rewrite(name, *rewrite)
+            elif name not in zoo.names():
                 raise PackError(f"unknown case '{name}': a zoo model ({', '.join(zoo.names())}), "
-                                "gemm-fp32-N, gemm-fp16-MxNxK or mlp-tiny")
+                                "MODEL+PASS[+PASS...], gemm-fp32-N, gemm-fp16-MxNxK or mlp-tiny")
     wheel_path = fetch_wheel(host_python, log) if (wheel and runtime) else None
     for old in list(out.glob("bundle-*")) + [out / runner.MANIFEST]:
         old.unlink(missing_ok=True)  # never mix bundles of two packs
@@ -573,7 +650,8 @@ def pack(out: str | os.PathLike, arch: str | None = "sm_90", cases: list[str] | 
                 "artifact_bytes": c.artifact_bytes, "compressed_bytes": c.stream_bytes,
                 "compile_s": c.compile_s, "tolerance": m["tolerance"], "inputs": m["input_specs"],
                 "outputs": m["output_specs"], "sampled_outputs": m.get("sampled_outputs", []),
-                "flops": m.get("flops"), "reference": m["reference"]})
+                "flops": m.get("flops"), "reference": m["reference"],
+                **{k: m[k] for k in ("base", "passes", "fidelity") if k in m}})
     text = json.dumps(manifest, indent=2) + "\n"
     tmp_manifest = out / (runner.MANIFEST + ".tmp")
     tmp_manifest.write_text(text)

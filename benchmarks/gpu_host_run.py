@@ -25,8 +25,9 @@ gpu-pack`` after a first unpack). It
    case's tolerance), times it (warm-up, then the median of ``--repeat`` ≥ 20 runs, each
    followed by a device sync) and, for the GEMM cases, times cuBLAS on the same device buffers
    when a ``libcublas.so.*`` is found (``"not available"`` otherwise);
-5. prints a table and writes ``RESULTS.json``; exits 1 if any case failed, errored or is
-   missing, 0 when all pass.
+5. prints a table (and, for the rewrite cases ``MODEL+PASS``, each one's speed-up over its
+   original model timed in the same run, beside the fidelity measured when packing) and
+   writes ``RESULTS.json``; exits 1 if any case failed, errored or is missing, 0 when all pass.
 
 Moving the bundles: each bundle is at most ``--max-mib`` (default 60 MiB) so that it fits one
 transfer; files written on the GPU host persist between transfers only while it stays up, so
@@ -536,6 +537,7 @@ def _to_numpy(value, spec: dict) -> np.ndarray:
 def run_case(tvm, dev, device: str, case_dir: str, case: dict, args, cub) -> dict:
     res: dict = {"name": case["name"], "kind": case.get("kind"), "target": case.get("target"),
                  "arch": case.get("arch"), "tolerance": case["tolerance"]}
+    res.update({k: case[k] for k in ("base", "passes", "fidelity") if k in case})
     if case.get("target") != device:
         res.update(status="error", error=f"packed for target '{case.get('target')}', running on '{device}'")
         return res
@@ -639,6 +641,32 @@ def print_table(results: list[dict], out=sys.stdout) -> None:
         for name, c in (r.get("outputs") or {}).items():
             if not c.get("ok") and c.get("why"):
                 print(f"  {r['name']}/{name}: {c['why']}", file=out)
+    speedups = rewrite_speedups(results)
+    if speedups:
+        print("\nrewrites vs their original models on this device (speed-up = original median / rewrite "
+              "median; fidelity measured when packed):", file=out)
+        for s in speedups:
+            print(f"  {s['name']:<32} {s['base']:<14} {_fmt(s.get('base_ms'), '.4f'):>10} ms -> "
+                  f"{_fmt(s.get('ms'), '.4f'):>10} ms  {_fmt(s.get('speedup'), '.2f')}x  "
+                  f"cosine {_fmt(s.get('cosine'), '.5f')}  top-1 {_fmt(s.get('top1'), '.3f')}", file=out)
+
+
+def rewrite_speedups(results: list[dict]) -> list[dict]:
+    """For each passing rewrite case whose original model ran (and passed) in the same run: both
+    medians and the speed-up; None where the original is missing or failed."""
+    by = {r["name"]: r for r in results}
+    rows = []
+    for r in results:
+        if not r.get("base"):
+            continue
+        base = by.get(r["base"])
+        ok = r.get("status") == "pass" and base is not None and base.get("status") == "pass"
+        fid = r.get("fidelity") or {}
+        rows.append({"name": r["name"], "base": r["base"], "ms": r.get("median_ms"),
+                     "base_ms": base.get("median_ms") if base else None,
+                     "speedup": base["median_ms"] / r["median_ms"] if ok and r.get("median_ms") else None,
+                     "cosine": fid.get("cosine"), "top1": fid.get("top1")})
+    return rows
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -741,6 +769,7 @@ def main(argv=None) -> int:
     print()
     print_table(results)
     report = {"format": FORMAT, "at": _now(), "folder": folder, "device": dev_info, "runtime": rt_info,
+              "rewrites": rewrite_speedups(results),
               "libraries": libs, "bundles": bundles,
               "cublas": {"library": cub.path, "version": cub.version} if cub else {"status": "not available",
                                                                                    "why": args.cublas_why},

@@ -190,7 +190,54 @@ def test_unknown_case_and_bad_arch_fail_before_compiling(tmp_path):
         gpu_host.pack(tmp_path, arch="sm_5", cases=["mlp-tiny"], wheel=False)
     with pytest.raises(gpu_host.PackError, match="unknown zoo model"):
         gpu_host.default_cases(["nope"])
-    assert gpu_host.default_cases(["deit-tiny"]) == ["deit-tiny", "gemm-fp32-1024", "gemm-fp16-4096"]
+    assert gpu_host.default_cases(["deit-tiny"]) == ["deit-tiny", "deit-tiny+linearize", "deit-tiny+shift-add",
+                                                     "gemm-fp32-1024", "gemm-fp16-4096"]
+    assert gpu_host.default_cases(["resnet-small"]) == ["resnet-small", "gemm-fp32-1024", "gemm-fp16-4096"]
+
+
+@pytest.mark.parametrize("case,match", [("nope+linearize", "unknown zoo model 'nope'"),
+                                        ("deit-tiny+nosuch", "unknown pass 'nosuch'"),
+                                        ("deit-tiny+shift-add:terms=x", "option 'terms' expects int"),
+                                        ("deit-tiny+", "expected MODEL\\+PASS")])
+def test_bad_rewrite_case_fails_before_compiling(tmp_path, case, match):
+    with pytest.raises(gpu_host.PackError, match=match):
+        gpu_host.pack(tmp_path, cases=["mlp-tiny", case], target="cpu", wheel=False)
+    assert not list(tmp_path.iterdir())  # nothing packed, nothing compiled
+
+
+def test_rewrite_case_runs_and_reports_its_speedup_over_the_original(tmp_path):
+    """A ``MODEL+PASS`` case: its reference is the CPU build of the same rewrite, its fidelity
+    against onnxruntime on the original travels in the case, and the runner reports its speed-up
+    over the original model timed in the same run."""
+    out = tmp_path / "pack"
+    cases = ["resnet-small", "resnet-small+shift-add"]
+    manifest = gpu_host.pack(out, cases=cases, target="cpu", max_mib=32, wheel=False, preset=0, log=lambda *a: None)
+    assert manifest["errors"] == [] and [c["name"] for c in manifest["cases"]] == cases
+    rw = manifest["cases"][1]
+    assert rw["base"] == "resnet-small" and rw["passes"] == ["shift-add"]
+    assert "CPU build of the same rewrite" in rw["reference"]
+    assert 0.9 < rw["fidelity"]["cosine"] < 1.0 - 1e-9  # the rewrite changes the numbers, a little
+    proc = _run(out, "--device", "cpu", "--repeat", "20", "--warmup", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((out / "RESULTS.json").read_text())
+    assert results["summary"]["pass"] == 2
+    by = {r["name"]: r for r in results["cases"]}
+    assert by["resnet-small+shift-add"]["max_abs"] < 1e-3  # the packed CPU reference of the same rewrite
+    (row,) = results["rewrites"]
+    assert row["name"] == "resnet-small+shift-add" and row["base"] == "resnet-small"
+    assert row["speedup"] == pytest.approx(by["resnet-small"]["median_ms"] / by["resnet-small+shift-add"]["median_ms"])
+    assert row["cosine"] == rw["fidelity"]["cosine"]
+    assert "rewrites vs their original models" in proc.stdout
+
+
+def test_rewrite_speedup_needs_both_to_pass():
+    res = [{"name": "m", "status": "fail", "median_ms": 2.0},
+           {"name": "m+x", "status": "pass", "median_ms": 1.0, "base": "m", "fidelity": {"cosine": 0.99}},
+           {"name": "n+x", "status": "pass", "median_ms": 1.0, "base": "n"}]
+    rows = runner.rewrite_speedups(res)
+    assert [(r["name"], r["speedup"]) for r in rows] == [("m+x", None), ("n+x", None)]
+    res[0]["status"] = "pass"
+    assert runner.rewrite_speedups(res)[0]["speedup"] == 2.0
 
 
 def test_gemm_inputs_are_deterministic_and_exact():
