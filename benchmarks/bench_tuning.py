@@ -22,7 +22,10 @@ and timed by ``LocalRunner`` (noisy on a shared machine: best-so-far is of noisy
 
 ``tvm-xgb`` is the stock model as ``accelc tune --cost-model tvm-xgb`` makes it: its
 ``num_warmup_samples=100`` makes it predict at random for its first 100 samples;
-``tvm-xgb-w0`` (``--models``) is the same model with no warm-up.
+``tvm-xgb-w0`` (``--models``) is the same model with no warm-up. ``xgb-warm`` (``--models``) is
+ours warm-started as ``accelc tune --cost-model-warm-start`` does it, from a model trained on the
+cost-model benchmark's records of every other task (never the task being tuned): transfer
+across tasks and models, which the stock model has no way to do.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -54,7 +58,7 @@ SIM_TASKS = (
 CPU_TASKS = ("vit_qkv", "resnet_conv3x3", "vit_scores", "bert_dense", "vit_layernorm", "gpt2_fc1_tanh",
              "minilm_fc2", "resnet_conv1x1_s2")
 MODELS = ("xgb", "tvm-xgb", "random")
-ALL_MODELS = MODELS + ("tvm-xgb-w0",)
+ALL_MODELS = MODELS + ("tvm-xgb-w0", "xgb-warm")
 FAILED = 1e9  # MetaSchedule records 1e10 s for a candidate that failed to build or run
 
 
@@ -125,14 +129,41 @@ def cpu_setup(names):
     return tasks, comps, "llvm"
 
 
-def cost_model(name: str, kind: str, seed: int):
+def cost_model(name: str, kind: str, seed: int, task: str | None = None, warm_dir: Path | None = None):
     from tvm.s_tir import meta_schedule as ms
 
     from accelc.schedules.tuning.driver import make_cost_model
 
     if name == "tvm-xgb-w0":
         return ms.cost_model.XGBModel(config=ms.cost_model.xgb_model.XGBConfig(seed=seed), num_warmup_samples=0)
+    if name == "xgb-warm":
+        return make_cost_model("xgb", kind, warm_start_file(task, kind, warm_dir), seed)
     return make_cost_model(name, kind, None, seed)
+
+
+def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None) -> Path:
+    """``xgb-warm``: our model trained on the cost-model benchmark's records of every *other*
+    task (``benchmarks/data/costmodel``, or ``costmodel-sim``; the task itself is left out, as
+    in that benchmark's leave-one-task-out), saved as ``accelc tune --cost-model-warm-start``
+    takes it; written once per task into ``folder``."""
+    from tvm.s_tir.meta_schedule.utils import shash2hex
+
+    from accelc.benchmarks import bench_cost_model as bcm
+    from accelc.schedules.tuning.cost_model import AccelcXGBModel
+
+    path = Path(folder) / f"warm-{kind}-{task}.json"
+    if path.is_file():
+        return path
+    data = data or (bcm.DATA_SIM if kind == "sim" else bcm.DATA)
+    train = [t for t in bcm.load(data, kind=kind) if t.name != task]
+    if not train:
+        raise UsageError(f"xgb-warm: {data} holds no records of tasks other than {task}")
+    model = AccelcXGBModel(kind)
+    for t in train:
+        model.add(shash2hex(t.context.mod), bcm._as(t.x, model.aggregate), t.latency)
+    model.fit()
+    model.save(str(path))
+    return path
 
 
 def search(func, comps: dict, model, seed: int, trials: int, batch: int) -> list[float]:
@@ -174,6 +205,7 @@ def run(target: str, n_tasks: int, trials: int, seeds: int, batch: int, models=M
     tasks, comps, kind = (sim_setup if target == "sim" else cpu_setup)(list(only) or names[:n_tasks])
     reused = _reusable(reuse, target, [t[0] for t in tasks], trials, seeds, batch, models)
     runs, seconds = {}, {}
+    warm_dir = Path(tempfile.mkdtemp(prefix="accelc-bench-tuning-warm-"))
     for name, func in tasks:
         runs[name], seconds[name] = {}, {}
         for m, curves in reused.get(name, {}).items():
@@ -183,10 +215,12 @@ def run(target: str, n_tasks: int, trials: int, seeds: int, batch: int, models=M
         for m in models:
             runs[name][m], t0 = {}, time.perf_counter()
             for seed in range(seeds):
-                runs[name][m][seed] = search(func, comps, cost_model(m, kind, seed), seed, trials, batch)
+                model = cost_model(m, kind, seed, task=name, warm_dir=warm_dir)
+                runs[name][m][seed] = search(func, comps, model, seed, trials, batch)
             seconds[name][m] = round(time.perf_counter() - t0, 1)
             best = min(min(v) for v in runs[name][m].values())
             log(f"  {target} {name:22s} {m:10s} best {best * 1e6:10.2f} µs  ({seconds[name][m]} s)")
+    shutil.rmtree(warm_dir, ignore_errors=True)
     out = summarize(runs, trials, frac)
     all_models = list(models) + [m for m in next(iter(reused.values()), {}) if m not in models]
     out.update(target=target, seeds=seeds, batch=batch, models=all_models, seconds=seconds,

@@ -304,3 +304,18 @@ def test_make_cost_model_names():
         make_cost_model("mlp")
     with pytest.raises(UsageError, match="needs the 'xgb' cost model"):
         make_cost_model("random", warm_start="x.json")
+
+
+def test_every_benchmark_task_still_exists():
+    """The benchmarks' CPU tasks (``dataset.CPU_TASKS``) are MetaSchedule task names, which the
+    compiler's fusion decides: when a rule change renames one, ``bench_tuning --target cpu`` and
+    the record collection stop at it. (Five went stale unnoticed when the attention GEMMs took
+    their layout ops in, 2026-12-06.)"""
+    from accelc.models import minilm
+    from accelc.schedules.tuning.dataset import CPU_TASKS, select_tasks
+    from accelc.targets.cpu import host_target
+
+    spec = [t for t in CPU_TASKS if t[1] != "minilm-l6" or minilm.available()]
+    got = select_tasks(host_target(num_cores=1), spec=spec)
+    assert [label for label, _ in got] == [t[0] for t in spec]
+    assert all(task.dispatched for _, task in got)
