@@ -88,6 +88,18 @@ def test_shift_add_runs_on_the_gpu_twin(name, decoded):
     assert "shift_acc_local_ptr[8];" in src
 
 
+def test_bcq_runs_on_the_gpu_twin():
+    """The BCQ LUT matmul is the tiled twin: a 32-row tile's 16-entry nibble tables for 64
+    inputs in shared memory, rebuilt per chunk between two barriers; a 4×2 register tile of
+    outputs with 3 planes' group partials per thread. 16 planes are declined (generic rules)."""
+    src = cuda_source(sa.bcq_matmul_lut(64, 100, 70, 3, 32))
+    assert "__shared__ alignas(64) float lut_ptr[8192];" in src and "__launch_bounds__(256)" in src
+    assert "float acc_ptr[8];" in src and "float part_ptr[24];" in src
+    assert src.count("__syncthreads()") == 2
+    declined = cuda_source(sa.bcq_matmul_lut(64, 100, 70, 16, 32))
+    assert "lut_ptr[8192]" not in declined and "part_ptr" not in declined
+
+
 @pytest.mark.parametrize("variant", ["angular", "castling"])
 def test_linear_attention_runs_on_the_gpu_twin(variant):
     """Non-causal linear attention is the block-per-head twin: the d×d state in shared memory,

@@ -1,5 +1,6 @@
-"""The GPU twins of the shift-add GEMMs and of linear attention: non-causal, causal and the
-decode step (``schedules/cuda/shift_add.py``, ``schedules/cuda/attention_linear.py``,
+"""The GPU twins of the shift-add GEMMs, of the BCQ LUT matmul and of linear attention:
+non-causal, causal and the decode step (``schedules/cuda/shift_add.py``,
+``schedules/cuda/bcq_lut.py``, ``schedules/cuda/attention_linear.py``,
 ``schedules/cuda/attention_linear_causal.py``, ``schedules/cuda/attention_linear_decode.py``).
 
 CI has no GPU: each twin's program is built for the CPU with its thread loops serial
@@ -25,6 +26,7 @@ from accelc.schedules.cuda import GPU_KERNELS
 from accelc.schedules.cuda.attention_linear import linear_attention_gpu
 from accelc.schedules.cuda.attention_linear_causal import linear_attention_causal_gpu, tile_keys
 from accelc.schedules.cuda.attention_linear_decode import linear_attention_decode_gpu
+from accelc.schedules.cuda.bcq_lut import bcq_matmul_lut_gpu
 from accelc.schedules.cuda.shift_add import pot_matmul_gpu
 from accelc.targets import cuda
 
@@ -108,6 +110,63 @@ def test_pot_twin_declines_a_tile_wider_than_a_block():
     """1024 threads hold 8 rows of a 256-channel tile; a wider tile stays with generic rules."""
     assert pot_matmul_gpu(sa.pot_matmul_float(64, 16, 600, 1, tile_n=512)) is None
     assert pot_matmul_gpu(sa.pot_matmul_float(64, 16, 600, 1, tile_n=256)) is not None
+
+
+# -- BCQ LUT matmul ----------------------------------------------------------------------------
+def _bcq_case(m, k, n, bits, group_size, seed):
+    """(x, weights) with random bit-planes (their padding bits set too: they must count 0) and
+    α of both signs; ``group_size`` -1 is the whole K."""
+    rng = np.random.default_rng(seed)
+    k8 = -(-k // 8)
+    gs = k8 * 8 if group_size == -1 else group_size
+    planes = rng.integers(0, 256, (bits, k8, n), dtype=np.uint8)
+    alpha = rng.standard_normal((bits, -(-k // gs), n)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    return x, sam.BcqWeights(planes=planes, alpha=alpha, k=k, group_size=gs)
+
+
+def _bcq_twin_output(lib, x, bq, dev=None):
+    return _run(lib, [x, bq.planes, bq.alpha], (x.shape[0], bq.planes.shape[2]), "float32", dev)
+
+
+@settings(SETTINGS, max_examples=25)
+@given(m=DIMS, k=DIMS | st.sampled_from([130, 200]), n=DIMS | st.sampled_from([257, 300]), bits=st.integers(1, 4),
+       group_size=st.sampled_from([8, 16, 24, 64, -1]), seed=st.integers(0, 2**16))
+def test_bcq_twin_matches_reference(m, k, n, bits, group_size, seed):
+    """Row, column and 64-input chunk tiles whole and ragged, α groups that straddle chunks
+    (24, the whole K), 1 to 4 planes; the CPU kernel's tolerance against float64."""
+    x, bq = _bcq_case(m, k, n, bits, group_size, seed)
+    got = _bcq_twin_output(_emulated(bcq_matmul_lut_gpu(m, k, n, bits, bq.group_size, emulate=True)), x, bq)
+    assert _rel(got, sam.bcq_matmul_ref(x, bq)) <= 1e-6
+
+
+def test_bcq_twin_matches_quantized_weights():
+    """Weights from ``bcq_quantize`` (the pass's) with a ragged last α group."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((100, 40)).astype(np.float32)
+    bq = sam.bcq_quantize(w, bits=3, group_size=32, rounds=3)
+    x = rng.standard_normal((35, 100)).astype(np.float32)
+    got = _bcq_twin_output(_emulated(bcq_matmul_lut_gpu(35, 100, 40, 3, 32, emulate=True)), x, bq)
+    assert _rel(got, sam.bcq_matmul_ref(x, bq)) <= 1e-6
+
+
+def test_bcq_twin_is_the_registered_one_and_keeps_the_kernel_signature_and_attributes():
+    func = sa.bcq_matmul_lut(40, 100, 70, 3, 24)
+    twin = GPU_KERNELS["bcq_matmul_lut"](func)
+    assert twin.attrs["tirx.is_scheduled"]
+    assert [p.name for p in twin.params] == [p.name for p in func.params] == ["x", "planes", "alpha", "bcq_scale"]
+    assert [str(p.dtype) for p in twin.params] == [str(p.dtype) for p in func.params]
+    for key in ("kernel", "m", "k", "n", "bits", "group_size"):
+        assert str(twin.attrs[f"accelc.{key}"]) == str(func.attrs[f"accelc.{key}"]), key
+    assert "tirx.is_scheduled" not in bcq_matmul_lut_gpu(40, 100, 70, 3, 24, emulate=True).attrs
+
+
+def test_bcq_twin_declines_more_accumulators_than_registers():
+    """A 4×2 register tile holds ``bits + 1`` floats per output up to 128: 15 planes; short
+    inputs (one output per thread) take more."""
+    assert bcq_matmul_lut_gpu(64, 64, 64, 15, 64) is not None
+    assert GPU_KERNELS["bcq_matmul_lut"](sa.bcq_matmul_lut(64, 64, 64, 16, 64)) is None
+    assert bcq_matmul_lut_gpu(8, 64, 64, 16, 64) is not None
 
 
 # -- linear attention --------------------------------------------------------------------------
@@ -313,6 +372,14 @@ def test_pot_twin_runs_on_the_gpu(kind, shape, tmp_path, monkeypatch):
     func, args, want, dtype = _pot_case(kind, *shape, seed=3)
     lib = _on_gpu(GPU_KERNELS["pot_matmul_float" if kind == "float" else "pot_matmul_int"](func), tmp_path, monkeypatch)
     _check_pot(kind, _run(lib, args, want.shape, dtype, cuda.device()), want)
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape", [(1, 200, 300, 3, 64), (37, 130, 70, 2, 24), (128, 512, 256, 4, 128)])
+def test_bcq_twin_runs_on_the_gpu(shape, tmp_path, monkeypatch):
+    x, bq = _bcq_case(*shape, seed=8)
+    lib = _on_gpu(GPU_KERNELS["bcq_matmul_lut"](sa.bcq_matmul_lut(*shape)), tmp_path, monkeypatch)
+    assert _rel(_bcq_twin_output(lib, x, bq, cuda.device()), sam.bcq_matmul_ref(x, bq)) <= 1e-6
 
 
 @needs_gpu

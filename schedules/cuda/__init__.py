@@ -55,6 +55,6 @@ def default_rules() -> list[dl.ScheduleRule]:
 
 
 # Imported to register their twins.
-from . import attention_linear, attention_linear_decode, attention_sparse, shift_add  # noqa: E402,F401
+from . import attention_linear, attention_linear_decode, attention_sparse, bcq_lut, shift_add  # noqa: E402,F401
 
 __all__ = ["GPU_KERNELS", "default_rules", "gpu_kernels", "register"]
