@@ -138,5 +138,8 @@ def test_warm_start_model_leaves_the_tuned_task_out(tmp_path):
     acc = bcm.pairwise_accuracy(held.latency, model.score(bcm._as(held.x, model.aggregate)))
     assert acc > 0.58, acc  # as test_cost_model's task it never saw (0.63 there; random 0.5)
     assert bt.warm_start_file("vit_qkv", "llvm", tmp_path, data=data) == path  # written once per task
-    with pytest.raises(UsageError, match="no records of tasks other than"):
-        bt.warm_start_file("vit_qkv", "llvm", tmp_path / "x", data=data / "nope")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "vit_qkv").symlink_to(data / "vit_qkv")
+    with pytest.raises(UsageError, match="no records of tasks other than vit_qkv"):
+        bt.warm_start_file("vit_qkv", "llvm", tmp_path / "x", data=alone)
