@@ -239,7 +239,14 @@ def im2col(x: te.Tensor, kernel: tuple, strides: tuple, padding: tuple, dilation
         inside = tirx.all(y >= 0, y < h, z >= 0, z < w)
         return tirx.if_then_else(inside, x[b, ch, y, z], zero)
 
-    return te.compute((n * oh * ow, c * kh * kw), value, name="im2col")
+    # the patch geometry, for the CPU rule: it splits the row loop into (n, oh, ow) and the
+    # column loop into (c, kh, kw), which turns this index math into plain loop variables
+    return te.compute((n * oh * ow, c * kh * kw), value, name="im2col",
+                      attrs={IM2COL_ATTR: [n, int(oh), int(ow), c, int(kh), int(kw)]})
+
+
+#: Block annotation of :func:`im2col`: ``[n, oh, ow, c, kh, kw]``.
+IM2COL_ATTR = "accelc.im2col"
 
 
 __all__ = ["FLUSH_EXPONENT", "SIGN_INTRINSICS", "TILE_N", "quantize_fixed_point", "bcq_matmul_lut", "kernel_name", "kernel_param",
