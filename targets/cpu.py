@@ -160,6 +160,40 @@ def _divide_by_constant(bb: relax.BlockBuilder, call: relax.Call):
     ``/ sqrt(2)``) as ``x * (1 / c)``: LLVM keeps a division by a constant (no fast-math flags),
     and a vector division costs about ten times a multiply (``vdivps``: BERT's score write-back
     divided 196 608 elements per layer). Within 1.5 ulp of the division; exact for powers of 2."""
+    scalar = _float_scalar_operand(call)
+    if scalar is None:
+        return None
+    x, v, dtype = scalar
+    if v == 0 or not np.isfinite(v):
+        return None
+    recip = tirx.const(float((np.ones((), dtype) / v).astype(dtype)), dtype)
+    return bb.call_te(lambda t: te.compute(t.shape, lambda *i: t(*i) * recip, name="T_divide"), x,
+                      primfunc_name_hint="divide")
+
+
+def _power_by_small_integer(bb: relax.BlockBuilder, call: relax.Call):
+    """``x ** c`` with a constant ``c`` of 2, 3 or 4 (GELU-tanh's ``x³``, ONNX ``Pow``) as
+    multiplications: TVM calls libm's ``powf`` per element, scalar (GPT-2's FFN-in GEMM spent
+    most of its 0.8 ms in its write-back's ``powf``). ``x·x`` is exact; ``x·x·x`` and
+    ``(x·x)·(x·x)`` are within 1 ulp of the correctly rounded power."""
+    scalar = _float_scalar_operand(call)
+    if scalar is None or scalar[1] not in (2.0, 3.0, 4.0):
+        return None
+    x, p = scalar[0], int(scalar[1])
+
+    def power(t):
+        def body(*i):
+            v = t(*i)
+            return (v * v) * (v * v) if p == 4 else v * v * v if p == 3 else v * v
+
+        return te.compute(t.shape, body, name="T_power")
+
+    return bb.call_te(power, x, primfunc_name_hint="power")
+
+
+def _float_scalar_operand(call: relax.Call):
+    """``(x, c, dtype)`` for a binary ``op(x, c)`` of float ``x`` and a constant ``c`` of one
+    element and the same dtype (``c`` as a NumPy scalar), else None."""
     x, c = call.args
     dtype = str(call.ty.dtype)
     if (not isinstance(c, tvm.ir.expr.Constant) or dtype not in ("float32", "float64")
@@ -168,19 +202,16 @@ def _divide_by_constant(bb: relax.BlockBuilder, call: relax.Call):
     value = c.value.numpy()
     if value.size != 1 or value.ndim > x.ty.ndim:  # ndim -1 (unknown), or broadcasting to more dims
         return None
-    v = value.reshape(()).astype(dtype)
-    if v == 0 or not np.isfinite(v):
-        return None
-    recip = tirx.const(float((np.ones((), dtype) / v).astype(dtype)), dtype)
-    return bb.call_te(lambda t: te.compute(t.shape, lambda *i: t(*i) * recip, name="T_divide"), x,
-                      primfunc_name_hint="divide")
+    return x, value.reshape(()).astype(dtype), dtype
 
 
 def fast_math_legalize_map() -> dict:
     """Legalizations that trade exact rounding for speed: libm transcendental calls replaced by
-    vectorizable polynomials, divisions by a constant by multiplications."""
+    vectorizable polynomials, divisions by a constant and small integer powers by
+    multiplications."""
     return {
         "relax.divide": _divide_by_constant,
+        "relax.power": _power_by_small_integer,
         "relax.exp": _unary(topi.fast_exp, "fast_exp"),
         "relax.erf": _unary(topi.fast_erf, "fast_erf"),
         "relax.tanh": _unary(topi.fast_tanh, "fast_tanh"),

@@ -400,3 +400,36 @@ def test_im2col_loops_follow_the_patch_geometry(cpu_target, n, c, hw, k, stride,
     lib["main"](tvm.runtime.tensor(xv), out)
     geo = ConvGeometry(n, c, (k, k), (stride, stride), (pad, pad, pad, pad), (1, 1), (o, o))
     np.testing.assert_array_equal(out.numpy(), geo.patches(xv))
+
+
+@pytest.mark.parametrize("exponent,dtype", [(3.0, "float32"), (2.0, "float32"), (4.0, "float64")])
+def test_small_integer_power_is_a_product(cpu_target, exponent, dtype):
+    """``x ** c`` with a constant 2, 3 or 4 (GELU-tanh's ``x³``) is computed by multiplying,
+    bit for bit as NumPy's products, within 1 ulp of the power; no ``pow`` call is left."""
+    x_np = np.random.default_rng(2).standard_normal((3, 37)).astype(dtype) * 4
+    x = relax.Var("x", relax.TensorType(x_np.shape, dtype))
+    c = relax.const(np.array(exponent, dtype).reshape((1,)), dtype)
+    fused, vm = _build(lambda bb, x: bb.emit(relax.op.power(x, c)), [x], cpu_target)
+    got = vm["main"](tvm.runtime.tensor(x_np)).numpy()
+    want = {2.0: x_np * x_np, 3.0: x_np * x_np * x_np, 4.0: (x_np * x_np) * (x_np * x_np)}[exponent]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, np.power(x_np.astype(np.float64), exponent), rtol=2 * np.finfo(dtype).eps, atol=0)
+    tir = "".join(f.script() for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "T.pow(" not in tir and " * " in tir
+
+
+@pytest.mark.parametrize("case", ["2.5", "tensor"])
+def test_other_powers_keep_pow(cpu_target, case):
+    """A non-integer or a tensor exponent keeps TVM's ``pow``."""
+    dtype = "float32"
+    x_np = (np.abs(np.random.default_rng(3).standard_normal((2, 8))) * 3).astype(dtype)
+    x = relax.Var("x", relax.TensorType(x_np.shape, dtype))
+    y_np = np.full((2, 8), 3, dtype)
+    y = relax.Var("y", relax.TensorType(y_np.shape, dtype))
+    exponent = (lambda y: y) if case == "tensor" else (
+        lambda y: relax.const(np.array([2.5 if case == "2.5" else 3], dtype)))
+    fused, vm = _build(lambda bb, x, y: bb.emit(relax.op.power(x, exponent(y))), [x, y], cpu_target)
+    got = vm["main"](tvm.runtime.tensor(x_np), tvm.runtime.tensor(y_np)).numpy()
+    np.testing.assert_allclose(got, np.power(x_np, 2.5 if case == "2.5" else 3).astype(dtype), rtol=1e-6)
+    tir = "".join(f.script() for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "T.pow(" in tir
