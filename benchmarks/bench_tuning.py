@@ -31,9 +31,9 @@ across tasks and models, which the stock model has no way to do.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -155,7 +155,7 @@ def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None
     if path.is_file():
         return path
     data = data or (bcm.DATA_SIM if kind == "sim" else bcm.DATA)
-    train = [t for t in bcm.load(data, kind=kind) if t.name != task]
+    train = [t for t in _records(Path(data), kind) if t.name != task]
     if not train:
         raise UsageError(f"xgb-warm: {data} holds no records of tasks other than {task}")
     model = AccelcXGBModel(kind)
@@ -164,6 +164,15 @@ def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None
     model.fit()
     model.save(str(path))
     return path
+
+
+@functools.lru_cache(maxsize=2)
+def _records(data: Path, kind: str) -> tuple:
+    """The cost-model benchmark's records with features, read once per run (every task's
+    warm-start model trains on all but one of them)."""
+    from accelc.benchmarks import bench_cost_model as bcm
+
+    return tuple(bcm.load(data, kind=kind))
 
 
 def search(func, comps: dict, model, seed: int, trials: int, batch: int) -> list[float]:
@@ -205,22 +214,21 @@ def run(target: str, n_tasks: int, trials: int, seeds: int, batch: int, models=M
     tasks, comps, kind = (sim_setup if target == "sim" else cpu_setup)(list(only) or names[:n_tasks])
     reused = _reusable(reuse, target, [t[0] for t in tasks], trials, seeds, batch, models)
     runs, seconds = {}, {}
-    warm_dir = Path(tempfile.mkdtemp(prefix="accelc-bench-tuning-warm-"))
-    for name, func in tasks:
-        runs[name], seconds[name] = {}, {}
-        for m, curves in reused.get(name, {}).items():
-            runs[name][m] = curves
-            seconds[name][m] = reuse["seconds"][name][m]
-            log(f"  {target} {name:22s} {m:10s} curves reused from the earlier run")
-        for m in models:
-            runs[name][m], t0 = {}, time.perf_counter()
-            for seed in range(seeds):
-                model = cost_model(m, kind, seed, task=name, warm_dir=warm_dir)
-                runs[name][m][seed] = search(func, comps, model, seed, trials, batch)
-            seconds[name][m] = round(time.perf_counter() - t0, 1)
-            best = min(min(v) for v in runs[name][m].values())
-            log(f"  {target} {name:22s} {m:10s} best {best * 1e6:10.2f} µs  ({seconds[name][m]} s)")
-    shutil.rmtree(warm_dir, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="accelc-bench-tuning-warm-") as warm_dir:
+        for name, func in tasks:
+            runs[name], seconds[name] = {}, {}
+            for m, curves in reused.get(name, {}).items():
+                runs[name][m] = curves
+                seconds[name][m] = reuse["seconds"][name][m]
+                log(f"  {target} {name:22s} {m:10s} curves reused from the earlier run")
+            for m in models:
+                runs[name][m], t0 = {}, time.perf_counter()
+                for seed in range(seeds):
+                    model = cost_model(m, kind, seed, task=name, warm_dir=Path(warm_dir))
+                    runs[name][m][seed] = search(func, comps, model, seed, trials, batch)
+                seconds[name][m] = round(time.perf_counter() - t0, 1)
+                best = min(min(v) for v in runs[name][m].values())
+                log(f"  {target} {name:22s} {m:10s} best {best * 1e6:10.2f} µs  ({seconds[name][m]} s)")
     out = summarize(runs, trials, frac)
     all_models = list(models) + [m for m in next(iter(reused.values()), {}) if m not in models]
     out.update(target=target, seeds=seeds, batch=batch, models=all_models, seconds=seconds,

@@ -183,11 +183,11 @@ def _mlp_tiny():
     return model, feeds
 
 
-def _compile(model, target: str, arch: str | None):
+def _compile(model, target: str, arch: str | None, **kw):
     import accelc
 
     opts = {"arch": arch} if target == "cuda" and arch else {}
-    return accelc.compile(model, target=target, target_options=opts)
+    return accelc.compile(model, target=target, target_options=opts, **kw)
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
@@ -292,28 +292,25 @@ def _build_rewrite_case(name, model, specs, target, arch, case_dir, info, t0, fu
     top-1 of the first output against onnxruntime on the original model) goes in ``fidelity``."""
     import accelc
     from accelc import models as zoo
+    from accelc.benchmarks.bench_models import fidelity
     from accelc.compiler.oracle import run_onnxruntime
 
     _check_rewrite(name, model, specs)
     proto, feeds = zoo.build(model), zoo.example_inputs(model)
     calib = [zoo.example_inputs(model, seed=s) for s in (1, 2)]
     try:
-        cm = accelc.compile(proto, target=target, passes=specs, calibration=calib,
-                            target_options={"arch": arch} if target == "cuda" and arch else {})
-        cpu = cm if target == "cpu" else accelc.compile(proto, passes=specs, calibration=calib)
+        cm = _compile(proto, target, arch, passes=specs, calibration=calib)
+        cpu = cm if target == "cpu" else _compile(proto, "cpu", None, passes=specs, calibration=calib)
     except accelc.AccelcError as err:
         raise PackError(f"case '{name}': {err}") from None
     feeds = {s.name: np.asarray(feeds[s.name]) for s in cm.meta.inputs}
     ref = cpu.run(feeds)
     first = cm.meta.outputs[0].name
     orig = run_onnxruntime(proto, feeds)
-    got, want = np.asarray(ref[first], np.float64), np.asarray(orig[first], np.float64)
-    cos = float((got * want).sum() / max(np.linalg.norm(got) * np.linalg.norm(want), 1e-30))
-    top1 = float((got.reshape(-1, got.shape[-1]).argmax(-1) == want.reshape(-1, want.shape[-1]).argmax(-1)).mean())
     _save_npz(case_dir / "inputs.npz", feeds)
     info.update(kind="rewrite", base=model, passes=specs, inputs={"file": "inputs.npz"}, tolerance=dict(TOL_MODEL),
                 reference=f"accelc {accelc.__version__} CPU build of the same rewrite",
-                fidelity={"output": first, "cosine": cos, "top1": top1,
+                fidelity={"output": first, **fidelity(ref[first], orig[first]),
                           "against": "onnxruntime on the original model"})
     return _finish_case(name, cm, ref, case_dir, info, t0, full_limit, log)
 
