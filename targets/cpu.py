@@ -21,6 +21,7 @@ from tvm.target.codegen import llvm_get_system_cpu
 from ..errors import ArtifactError
 from ..schedules.cpu import default_rules
 from .cpu_fusion import fuse_layout_into_matmul
+from .graph_opt import fold_batch_norm
 
 TAG = "accelc/cpu"
 # ISA extensions that decide whether code built for one x86 CPU runs on another.
@@ -295,6 +296,7 @@ def front_passes(target: Target, fast_math: bool = True) -> list:
     """Import-level cleanup → legalize (fast math) → fuse: the PrimFuncs the rules schedule."""
     cpu = relax.backend.cpu_generic.pipeline
     return [
+        fold_batch_norm,
         channels_last_convs,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

@@ -212,7 +212,7 @@ def _conv_ref(x, w, stride, pad):
 
 
 @pytest.mark.parametrize("c,f,hw,k,stride", [(3, 32, 32, 7, 2), (16, 32, 14, 3, 1), (32, 64, 14, 3, 2),
-                                             (16, 24, 9, 1, 1)])
+                                             (16, 24, 9, 1, 1), (64, 128, 7, 3, 1), (32, 64, 14, 1, 2)])
 def test_conv2d_rule_matches_numpy(cpu_target, c, f, hw, k, stride):
     rng = np.random.default_rng(c + f)
     x_np = rng.standard_normal((1, c, hw, hw)).astype("float32")
@@ -229,6 +229,13 @@ def test_conv2d_rule_matches_numpy(cpu_target, c, f, hw, k, stride):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     tir = _scheduled_by(Conv2dNHWC(), fused, cpu_target, "conv2d")
     assert "T.parallel" in tir and "meta_schedule.layout_rewrite_preproc" in tir
+    # whichever operand is larger stays in cache: weight tiles outermost when the weights
+    # outweigh the input (ResNet's last stage), pixel rows outermost otherwise
+    conv_loops = [v for v in re.findall(r"for (\w+) in T\.parallel", tir) if "yy" in v]
+    weight_stationary = f * c * k * k > c * (hw + k // 2 * 2) ** 2  # the input as padded
+    assert len(conv_loops) == 1 and ("_ff_0_yy" in conv_loops[0]) == weight_stationary, conv_loops
+    # a 1×1 conv pads nothing: it reads its input in place, no copy
+    assert ("pad_temp" in tir) == (k > 1)
 
 
 def test_every_primfunc_gets_scheduled(cpu_target):

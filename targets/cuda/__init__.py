@@ -103,7 +103,10 @@ def export(executable, path: str, meta_target: dict) -> None:
 # -- pipeline ----------------------------------------------------------------------------------
 def front_passes(target: Target) -> list:
     cuda = relax.backend.cuda.pipeline
+    from ..graph_opt import fold_batch_norm
+
     return [
+        fold_batch_norm,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         *cuda.library_dispatch_passes(target),
