@@ -248,8 +248,55 @@ def _take_constant(bb: relax.BlockBuilder, call: relax.Call):
     return bb.call_te(take, x, primfunc_name_hint="take_const")
 
 
+_ROW_LANES = 16  # the widest fp32 vector (AVX-512); narrower ones divide it
+
+
+def _ragged_row_reduction(kind: str):
+    """``max``/``min``/``sum`` over the last axis of rows that are not whole vectors (the int8
+    quantizer's row abs-max over a 7×7×3 stem's 147-wide patches) as two reductions in one
+    kernel: the whole vectors, which ``RowReduction`` rfactors into vector partials, and the
+    tail, combined at the end. TVM's one reduction over a ragged row stays a scalar chain
+    (a predicated rfactor sums the padding lanes: see ``schedules/softmax.py``)."""
+    reducer, combine = {"max": (te.max, tirx.max), "min": (te.min, tirx.min),
+                        "sum": (te.sum, lambda a, b: a + b)}[kind]
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call):
+        x = call.args[0]
+        shape = [int(d) for d in x.ty.shape] if all(isinstance(d, tirx.IntImm) for d in x.ty.shape) else None
+        if shape is None or not shape or x.ty.dtype not in ("float32", "int32"):
+            return None
+        axes = call.attrs.axis
+        if axes is None or [int(a) % len(shape) for a in axes] != [len(shape) - 1]:
+            return None
+        n = shape[-1]
+        main = n - n % _ROW_LANES
+        if n % _ROW_LANES == 0 or main < 2 * _ROW_LANES:
+            return None
+        keep = bool(call.attrs.keepdims)
+        rows = shape[:-1]
+
+        def f(t):
+            k = te.reduce_axis((0, main), "k")
+            j = te.reduce_axis((0, n - main), "j")
+            head = te.compute(rows, lambda *i: reducer(t(*i, k), axis=k), name="row_main")
+            tail = te.compute(rows, lambda *i: reducer(t(*i, main + j), axis=j), name="row_tail")
+            out = rows + [1] if keep else rows
+            return te.compute(out, lambda *i: combine(head(*i[:len(rows)]), tail(*i[:len(rows)])),
+                              name="row_" + kind)
+
+        out = bb.call_te(f, x, primfunc_name_hint=kind)
+        gv = out.args[0]
+        # a reduction to FuseOps, so elementwise producers (the quantizer's abs) fuse in: the
+        # two-reduction kernel would otherwise be analysed as opaque
+        bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", 3))
+        return out
+
+    return legalize
+
+
 def _legalize(fast_math: bool) -> tvm.transform.Pass:
-    custom = {**(fast_math_legalize_map() if fast_math else {}), "relax.take": _take_constant}
+    custom = {**(fast_math_legalize_map() if fast_math else {}), "relax.take": _take_constant,
+              **{f"relax.{k}": _ragged_row_reduction(k) for k in ("max", "min", "sum")}}
     return relax.transform.LegalizeOps({k: _with_default(k, v) for k, v in custom.items()})
 
 

@@ -14,6 +14,8 @@ reduction loops and vectorized.
 
 from __future__ import annotations
 
+import re
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block, normalize_prim_func
 
@@ -24,15 +26,28 @@ def _leading_spatial(kind: str) -> int:
     return len(kind) - len(kind.lstrip("S"))
 
 
+def _cheap(sch: s_tir.Schedule, blk) -> bool:
+    """A block whose value is a short expression with no call but ``fabs`` or a cast (the
+    quantizer's ``abs``): recomputing it in each consumer costs less than storing it.
+    (TVM 0.27's Python API has no TIR expression visitor; the printed form says it.)"""
+    body = sch.get(blk).body
+    if not isinstance(body, tirx.BufferStore):
+        return False
+    text = str(body.value)
+    calls = set(re.findall(r"T\.(\w+)\(", text)) - {"fabs", "Cast", "float32", "float16", "int32", "int8", "int64"}
+    return not calls and text.count("[") <= 2 and len(text) <= 160
+
+
 def _inline_single_use(sch: s_tir.Schedule) -> None:
-    """Inline spatial blocks with one consumer (more would recompute, e.g. softmax's exp)."""
+    """Inline spatial blocks with one consumer, or cheap ones with several (others would
+    recompute, e.g. softmax's exp)."""
     root = get_root_block(sch)
     progress = True
     while progress:
         progress = False
         blocks = sch.get_child_blocks(root)
         for blk in blocks[:-1]:
-            if is_reduction(sch, blk) or len(sch.get_consumers(blk)) != 1:
+            if is_reduction(sch, blk) or (len(sch.get_consumers(blk)) != 1 and not _cheap(sch, blk)):
                 continue
             try:
                 sch.compute_inline(blk)
