@@ -178,3 +178,17 @@ def test_bad_kernel_parameters_are_rejected():
         kernels.pot_matmul_int(1, 8, 8, 1, 30, 8)
     with pytest.raises(ValueError, match="group_size"):
         kernels.bcq_matmul_lut(1, 8, 8, 2, 12)
+
+
+@pytest.mark.parametrize("m", [13, 197])
+def test_int_kernel_shares_weights_across_ragged_rows(cpu_target, m):
+    """Row counts that 2 and 4 do not divide (DeiT's 197 tokens) still share each decoded
+    weight vector over 6 rows, the last task short; bit-exact like every other shape."""
+    rng = np.random.default_rng(m)
+    k, n, terms = 24, 64, 2
+    codes = _codes(rng, terms, k, n)
+    xq = rng.integers(-2**20, 2**20, (m, k)).astype(np.int32)
+    func = kernels.pot_matmul_int(m, k, n, terms, 16, 16, dequantize=False)
+    assert "T.unroll(6)" in _schedule(func, cpu_target)["main"].script()
+    got = _run(_build(func, cpu_target), [xq, _int_codes(codes)], (m, n), "int32")
+    np.testing.assert_array_equal(got, sam.shift_matmul_int_ref(xq, codes))
