@@ -38,6 +38,15 @@ FLUSH_EXPONENT = 14
 #: op, by vector width: the schedule rule picks the one matching its vector loop.
 SIGN_INTRINSICS = {8: "llvm.x86.avx2.psign.d", 4: "llvm.x86.ssse3.psign.d.128"}
 
+#: The sign form for targets without ``psignd`` (AVX-512 has none at 512 bits): arithmetic
+#: shifts commute with ``~``, so ``sign * (x >> e) = ((x ^ s) >> e) - s`` with ``s`` the code's
+#: sign mask (0 or -1). The ``- s`` does not depend on ``x``: it is the count of negative codes
+#: per output column, summed once per column instead of once per row. Per row and vector of
+#: weights that leaves xor, shift and a masked add (zero codes) — one op fewer than the
+#: ``(v ^ s) - s`` negate.
+XOR_SHIFT = "xor-shift"
+
+
 
 def _contrib_int(sign_intrinsic: str | None = None):
     """``sign * (xq >> e)`` for an integer-path code byte (``e = byte & 31``, negative byte =
@@ -47,11 +56,16 @@ def _contrib_int(sign_intrinsic: str | None = None):
     the sign mask and a select for zero codes. With ``sign_intrinsic`` (a
     :data:`SIGN_INTRINSICS` entry) negate-or-zero is one ``psignd``: load, and, shift, sign,
     add per vector of weights. That form is valid only when the accumulation is vectorized at
-    the instruction's width, so a CPU schedule rule chooses it, never the pass.
+    the instruction's width, so a CPU schedule rule chooses it, never the pass. With
+    :data:`XOR_SHIFT` the term is ``(x ^ s) >> e`` and the kernel adds the per-column ``- s``.
     """
 
     def contrib(xq, code):
         c = code.astype("int32")
+        if sign_intrinsic == XOR_SHIFT:  # the ``- s`` is added per column (_negative_counts)
+            flipped = tirx.bitwise_xor(xq, tirx.shift_right(c, 31))
+            return tirx.Select(c != 0, tirx.shift_right(flipped, tirx.bitwise_and(c, 31)),
+                               tirx.const(0, "int32"))
         v = tirx.shift_right(xq, tirx.bitwise_and(c, 31))
         if sign_intrinsic is not None:
             return tirx.call_llvm_pure_intrin("int32", sign_intrinsic, v, c)
@@ -71,6 +85,17 @@ def _accumulate(xs, codes, contrib, dims):
         (m, n),
         lambda i, j: te.sum(contrib(xs[i, k_ax], codes[t_ax, j // tile_n, k_ax, j % tile_n]), axis=[t_ax, k_ax]),
         name="shift_acc")
+
+
+def _negative_counts(codes, dims):
+    """``neg[j]`` = how many of column ``j``'s codes (all terms) are negative (block neg_count)."""
+    _, n, k, terms, tile_n = dims
+    t_ax = te.reduce_axis((0, terms), "t")
+    k_ax = te.reduce_axis((0, k), "kk")
+    return te.compute(
+        (n,), lambda j: te.sum(tirx.Select(codes[t_ax, j // tile_n, k_ax, j % tile_n] < tirx.const(0, "int8"),
+                                           tirx.const(1, "int32"), tirx.const(0, "int32")), axis=[t_ax, k_ax]),
+        name="neg_count")
 
 
 def _quantize(x, frac_bits: int, width: int):
@@ -117,13 +142,23 @@ def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits:
     else:
         x = te.placeholder((m, k), "int32", name="xq")
         xq = x
-    acc = _accumulate(xq, codes, _contrib_int(sign_intrinsic), (m, n, k, terms, tile_n))
+    dims = (m, n, k, terms, tile_n)
+    acc = _accumulate(xq, codes, _contrib_int(sign_intrinsic), dims)
+    total = acc
+    if sign_intrinsic == XOR_SHIFT:
+        neg = _negative_counts(codes, dims)
+        if not dequantize:
+            total = te.compute((m, n), lambda i, j: acc[i, j] + neg[j], name="shift_total")
     if dequantize:
         out_scale = te.placeholder((n,), "float32", name="out_scale")
-        y = te.compute((m, n), lambda i, j: acc[i, j].astype("float32") * out_scale[j], name="dequant")
+        if sign_intrinsic == XOR_SHIFT:
+            y = te.compute((m, n), lambda i, j: (acc[i, j] + neg[j]).astype("float32") * out_scale[j],
+                           name="dequant")
+        else:
+            y = te.compute((m, n), lambda i, j: acc[i, j].astype("float32") * out_scale[j], name="dequant")
         func = te.create_prim_func([x, codes, out_scale, y])
     else:
-        func = te.create_prim_func([x, codes, acc])
+        func = te.create_prim_func([x, codes, total])
     return _named(func, "pot_matmul_int", m=m, k=k, n=n, terms=terms, frac_bits=frac_bits,
                   int_bits=int_bits, tile_n=tile_n, dequantize=int(dequantize))
 

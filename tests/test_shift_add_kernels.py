@@ -48,8 +48,9 @@ def _int_codes(codes):
     return pack_pot_codes(sam.encode_int_codes(codes), kernels.TILE_N)
 
 
-#: The host, plus x86 baselines that take the generic sign form (SSE2: no psignd) and the
-#: 128-bit psignd (x86-64-v2 has SSSE3), so every form of the int kernel is held bit-exact.
+#: The host, plus x86 baselines that take the xor-shift sign form (SSE2: no psignd; AVX-512
+#: hosts take it too) and the 128-bit psignd (x86-64-v2 has SSSE3); ragged output tiles take
+#: the generic form: every form of the int kernel is held bit-exact.
 INT_TARGETS = ["host", "x86-64", "x86-64-v2"]
 
 

@@ -60,7 +60,7 @@ class ShiftAddKernels(CPURule):
         intrinsic = kernels.SIGN_INTRINSICS.get(lanes)
         feature = {8: "avx2", 4: "ssse3"}.get(lanes)
         if intrinsic is None or not target_has_features([feature], target):
-            return func
+            intrinsic = kernels.XOR_SHIFT  # no psignd at this width
         p = {key: kernel_param(func, key) for key in
              ("m", "k", "n", "terms", "frac_bits", "int_bits", "tile_n", "dequantize")}
         if p["tile_n"] % lanes or p["n"] % p["tile_n"]:
@@ -76,7 +76,14 @@ class ShiftAddKernels(CPURule):
         root = get_root_block(sch)
         blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(root)}
         acc = blocks["shift_acc"]
-        out = blocks.get("dequant")
+        out = blocks.get("dequant") or blocks.get("shift_total")
+        if "neg_count" in blocks:  # XOR_SHIFT's per-column correction: once per column
+            j, t, kk = sch.get_loops(blocks["neg_count"])
+            jo, ji = sch.split(j, [None, lanes])
+            sch.reorder(jo, t, kk, ji)
+            sch.parallel(jo)
+            sch.vectorize(ji)
+            sch.vectorize(sch.get_loops(sch.decompose_reduction(blocks["neg_count"], t))[-1])
         prologue = blocks.get("quantize") or blocks.get("float_bits")
         rows = _rows_per_task(m)
         if out is not None:
