@@ -420,12 +420,15 @@ def rewrite_layers(mod, opts, who: str, rewrite):
 def emit_layer(bb, call, cand: Candidate, matmul):
     """A rewritten layer in the graph: its input as the ``[rows, K]`` matrix (reshape, or
     im2col for a conv), ``matmul(x2) -> [rows, N]`` (the rewrite's kernel call), and the
-    result back in the layer's output shape (NCHW for a conv)."""
+    result back in the layer's output shape (NCHW for a conv). A ``matmul`` marked
+    ``takes_conv_input`` gets a conv's NCHW input itself and makes the patches its own way."""
     from tvm import relax
 
     x = call.args[0]
     n = cand.weight.shape[1]
-    if cand.conv is not None:
+    if cand.conv is not None and getattr(matmul, "takes_conv_input", False):
+        x2 = x  # the rewrite builds its own patches (int8: from the quantized input)
+    elif cand.conv is not None:
         x2 = _emit_patches(bb, x, cand.conv)
     elif static_shape(x) == [cand.rows, cand.weight.shape[0]]:
         x2 = x  # already the matrix. A reshape to the same shape is a copy when x is a function

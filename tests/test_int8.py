@@ -99,12 +99,83 @@ def _reference_mlp(model, x, act):
     return h
 
 
-@pytest.mark.parametrize("act", ["row", "tensor"])
+@pytest.mark.parametrize("act", ["auto", "row", "tensor"])
 def test_int8_mlp_matches_its_numpy_model(act):
     model = mlp_model(batch=8, d_in=40, d_hidden=56, d_out=12)
     x = np.random.default_rng(3).standard_normal((8, 40)).astype(np.float32)
     got = accelc.compile(model, passes=[f"int8:act={act}"]).run({"x": x})["y"]
-    np.testing.assert_allclose(got, _reference_mlp(model, x, act), rtol=1e-5, atol=1e-5)
+    # auto: per row for matmuls (per token)
+    want = _reference_mlp(model, x, "row" if act == "auto" else act)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _conv_model(seed=0):
+    """x [1, 3, 12, 12] → 3×3 stride-2 conv (padding 1) → ReLU → 1×1 conv → 3×3 conv (no padding)."""
+    from onnx import TensorProto, helper
+
+    from accelc.tests.util import make_model
+
+    rng = np.random.default_rng(seed)
+    ws = [("w1", rng.standard_normal((8, 3, 3, 3))), ("w2", rng.standard_normal((16, 8, 1, 1))),
+          ("w3", rng.standard_normal((4, 16, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+             helper.make_node("Conv", ["c2", "w3"], ["y"])]
+    return make_model(nodes, [("x", TensorProto.FLOAT, [1, 3, 12, 12])], [("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+                      [(n, (w / np.sqrt(w[0].size)).astype(np.float32)) for n, w in ws])
+
+
+def _reference_convs(model, x, act):
+    """The int8-rewritten conv net in NumPy, per-tensor convs quantizing their input first."""
+    import onnx.numpy_helper as nh
+
+    from accelc.passes.int8 import quantize_conv_input
+    from accelc.passes.shift_add import ConvGeometry
+
+    w = {t.name: nh.to_array(t) for t in model.graph.initializer}
+    h = x
+    for name, stride, pad in (("w1", 2, 1), ("w2", 1, 0), ("w3", 1, 0)):
+        o, c, kh, kw = w[name].shape
+        oh = (h.shape[2] + 2 * pad - kh) // stride + 1
+        g = ConvGeometry(1, c, (kh, kw), (stride, stride), (pad, pad, pad, pad), (1, 1), (oh, oh))
+        wq, sw = quantize_weight(w[name].reshape(o, -1).T)
+        xq, sx = quantize_conv_input(h, g) if act != "row" else quantize_activation(g.patches(h), "row")
+        acc = (xq.astype(np.int64) @ wq.astype(np.int64)).astype(np.float32)
+        h = (acc * sx[:, None] * sw[None, :]).reshape(1, oh, oh, o).transpose(0, 3, 1, 2)
+        if name == "w1":
+            h = np.maximum(h, 0)
+    return h
+
+
+@pytest.mark.parametrize("act", ["auto", "row", "tensor"])
+def test_int8_convs_match_their_numpy_model(act):
+    """Convs quantized per tensor (auto's choice) take the scale over their input and build
+    the patches from int8 codes; per row, from the float patches. Both against NumPy."""
+    model = _conv_model()
+    x = np.random.default_rng(4).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    got = accelc.compile(model, passes=[f"int8:act={act}"]).run({"x": x})["y"]
+    np.testing.assert_allclose(got, _reference_convs(model, x, act), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_per_tensor_convs_build_int8_patches():
+    """No float32 patch matrix is left in the graph: the im2col reads the int8 codes."""
+    from tvm import relax
+
+    from accelc.compiler.frontend import import_onnx
+    from accelc.compiler.pipeline import apply_passes
+
+    def im2col_inputs(passes):
+        mod, _ = apply_passes(import_onnx(_conv_model()), passes, None)
+        found = []
+        relax.analysis.post_order_visit(mod["main"], lambda e: found.append(e.args[1].fields[0].ty.dtype)
+                                        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op)
+                                        and e.op.name == "relax.call_tir" and "im2col" in e.args[0].name_hint
+                                        else None)
+        return found
+
+    assert im2col_inputs(["int8"]) == ["int8", "int8"]  # the 1×1 conv needs none
+    assert im2col_inputs(["int8:act=row"]) == ["float32", "float32"]
 
 
 def test_int8_mlp_on_the_simulator_is_bit_exact_and_really_offloaded(capsys):

@@ -448,3 +448,19 @@ def test_other_powers_keep_pow(cpu_target, case):
     np.testing.assert_allclose(got, np.power(x_np, 2.5 if case == "2.5" else 3).astype(dtype), rtol=1e-6)
     tir = "".join(f.script() for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
     assert "T.pow(" in tir
+
+
+@pytest.mark.parametrize("shape,keepdims", [((1, 32, 56, 56), False), ((196, 147), True)])
+def test_reduction_over_every_axis_runs_row_by_row(cpu_target, shape, keepdims):
+    """``max(abs(x))`` over every axis (a per-tensor int8 scale): no rule takes a reduction
+    without a spatial axis, so the CPU legalizer reduces each row along the last axis first
+    (ragged rows as whole vectors plus a tail), in a kernel RowReduction vectorizes."""
+    x_np = np.random.default_rng(7).standard_normal(shape).astype("float32")
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    fused, vm = _build(lambda bb, x: bb.emit(relax.op.max(relax.op.abs(x), keepdims=keepdims)), [x], cpu_target)
+    got = vm["main"](tvm.runtime.tensor(x_np)).numpy()
+    np.testing.assert_array_equal(got, np.abs(x_np).max(keepdims=keepdims))
+    funcs = {gv.name_hint: f for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert len(funcs) == 2  # the rows (abs fused in), then the row results
+    per_row = next(f for name, f in funcs.items() if "max_rows" in name)
+    assert "T.vectorized" in RowReduction().apply(per_row, cpu_target, False).mod["main"].script()
