@@ -24,6 +24,8 @@ KERNELS = {
     "pot_matmul_float": lambda: sa.pot_matmul_float(16, 64, 48, 2),
     "bcq_matmul_lut": lambda: sa.bcq_matmul_lut(16, 64, 48, 3, 32),
     "int8_matmul": lambda: i8.int8_matmul(16, 64, 48),
+    # every dim over 64: dlight's Matmul would tensorize it and fail in lowering (TVM 0.27)
+    "int8_matmul_large": lambda: i8.int8_matmul(197, 192, 576),
     "dequantize": lambda: i8.dequantize(16, 48, True),
     "linear_attention": lambda: la.linear_attention(1, 2, 37, 16),
     "linear_attention_castling_bias": lambda: la.linear_attention(2, 2, 70, 64, "castling", key_bias=True),
@@ -182,3 +184,9 @@ def test_zoo_model_compiles_for_cuda(name, tmp_path):
 @pytest.mark.parametrize("spec", ["int8", "linearize", "fp16"])
 def test_deit_rewrites_compile_for_cuda(spec, tmp_path):
     _build_export("deit-tiny", [spec], tmp_path)
+
+
+@pytest.mark.slow
+def test_int8_cnn_compiles_for_cuda(tmp_path):
+    """The int8 rewrite's per-tensor convs (int8 im2col, kept opaque to fusion) on the GPU."""
+    _build_export("resnet-small", ["int8"], tmp_path)

@@ -47,9 +47,41 @@ def gpu_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod if out is None else out
 
 
+class Matmul(dl.gpu.Matmul):
+    """dlight's GPU Matmul, except that int8 × int8 → int32 GEMMs take its SIMT schedule.
+
+    Upstream symptom (TVM 0.27): for int8 GEMMs with every dim over 64 (the int8 rewrite's
+    layers on real models: DeiT's 197×192×576) the rule picks ``MatmulInt8Tensorization``,
+    whose schedule fails in lowering — ``Check failed: (it != fragment_info_.end())`` — so no
+    int8-rewritten zoo model compiled for CUDA. fp16/bf16 GEMMs keep the tensor cores.
+    """
+
+    def apply(self, func, target, tunable):  # noqa: D102
+        if isinstance(func, tvm.tirx.PrimFunc) and _int8_gemm(func) and target.kind.name == "cuda":
+            target = tvm.target.Target({**target.export(), "arch": "sm_60"})  # no tensor cores
+        return super().apply(func, target, tunable)
+
+
+def _int8_gemm(func) -> bool:
+    """Whether ``func`` holds a reduction reading int8 buffers into an int32 accumulator."""
+    from tvm.s_tir.dlight.analysis import get_root_block, get_reduction_blocks
+
+    try:
+        sch = tvm.s_tir.Schedule(func)
+        blocks = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch))) or []
+    except Exception:  # noqa: BLE001 - not analysable: not ours to change
+        return False
+    for block in blocks:
+        stmt = sch.get(block)
+        if (str(stmt.writes[0].source.dtype) == "int32"
+                and any(str(r.source.dtype) == "int8" for r in stmt.reads)):
+            return True
+    return False
+
+
 def default_rules() -> list[dl.ScheduleRule]:
-    """dlight's GPU rules (Matmul tensorizes fp16/int8 GEMMs onto tensor cores on sm_70+)."""
-    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(),
+    """dlight's GPU rules (Matmul tensorizes fp16 GEMMs onto tensor cores on sm_70+)."""
+    rules = (Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(),
              dl.gpu.GeneralReduction(), dl.gpu.Transpose(), dl.gpu.Fallback())
     return [Guarded(r) for r in rules]
 
