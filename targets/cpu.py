@@ -302,7 +302,7 @@ def _row_reduction(kind: str):
             per_row = bb.emit(_as_reduction(bb, bb.call_te(lambda t: rows_of(t, rows, n), x,
                                                             primfunc_name_hint=kind + "_rows")))
 
-            def rest(r):  # the row results: a few thousand at most, one plain loop
+            def rest(r):  # one value per row, n times fewer than the input: one plain loop
                 ks = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(rows)]
                 total = te.compute((), lambda: reducer(r(*ks), axis=ks), name="all_" + kind)
                 if not keep:
