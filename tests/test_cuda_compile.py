@@ -190,3 +190,23 @@ def test_deit_rewrites_compile_for_cuda(spec, tmp_path):
 def test_int8_cnn_compiles_for_cuda(tmp_path):
     """The int8 rewrite's per-tensor convs (int8 im2col, kept opaque to fusion) on the GPU."""
     _build_export("resnet-small", ["int8"], tmp_path)
+
+
+def test_int8_gemm_takes_the_simt_matmul_schedule():
+    """accelc's GPU Matmul rule schedules an int8 GEMM over 64 in every dim itself (SIMT, no
+    WMMA: dlight's int8 tensor-core schedule fails in TVM 0.27's lowering), and still
+    tensorizes a float16 one."""
+    import tvm
+    from tvm import te
+
+    from accelc.schedules.cuda import Matmul
+
+    target = cuda.target("sm_90")
+    int8_sch = Matmul().apply(i8.int8_matmul(197, 192, 576), target, False)
+    assert int8_sch is not None and "wmma" not in int8_sch.mod.script()
+    a, b = te.placeholder((256, 256), "float16"), te.placeholder((256, 512), "float16")
+    k = te.reduce_axis((0, 256))
+    c = te.compute((256, 512), lambda i, j: te.sum(a[i, k].astype("float32") * b[k, j].astype("float32"), axis=k))
+    fp16_sch = Matmul().apply(te.create_prim_func([a, b, c]), target, False)
+    assert fp16_sch is not None and "wmma" in fp16_sch.mod.script()
+    assert isinstance(fp16_sch, tvm.s_tir.Schedule)

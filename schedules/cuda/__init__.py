@@ -64,7 +64,8 @@ class Matmul(dl.gpu.Matmul):
 
 def _int8_gemm(func) -> bool:
     """Whether ``func`` holds a reduction reading int8 buffers into an int32 accumulator."""
-    from tvm.s_tir.dlight.analysis import get_root_block, get_reduction_blocks
+    from tvm.s_tir.dlight.analysis import get_root_block
+    from tvm.s_tir.dlight.gpu.matmul import get_reduction_blocks
 
     try:
         sch = tvm.s_tir.Schedule(func)
