@@ -77,10 +77,9 @@ def quantize_conv_input(x: np.ndarray, geometry) -> tuple[np.ndarray, np.ndarray
     W] quantized with the scale over all of ``x``, then im2col: ``(xq int8 [rows, K], sx
     float32 [rows])``."""
     x = np.asarray(x, np.float32)
-    sx = np.float32(np.maximum(np.abs(x).max(), np.float32(1e-30)) / np.float32(127))
-    codes = np.clip(np.rint(x / sx), -127, 127).astype(np.int8)
-    patches = geometry.patches(codes)
-    return patches, np.full(patches.shape[0], sx, np.float32)
+    codes, sx = quantize_activation(x.reshape(1, -1), "tensor")
+    patches = geometry.patches(codes.reshape(x.shape))
+    return patches, np.full(patches.shape[0], sx[0], np.float32)
 
 
 @register("int8", Int8Options)
@@ -105,17 +104,24 @@ def _emit_quantize_conv_input(bb, x, geometry):
     from .shift_add import _emit_patches
 
     op = relax.op
-    amax = op.max(op.abs(x))
-    sx = bb.emit(op.divide(op.maximum(amax, relax.const(np.float32(1e-30))), relax.const(np.float32(127))))
-    codes = bb.emit(op.astype(op.clip(op.round(op.divide(x, sx)), -127, 127), "int8"))
+    codes, sx = _emit_codes(bb, x, op.max(op.abs(x)))
     patches = _emit_patches(bb, codes, geometry)
     if not geometry.pointwise:
         # keep the quantizer out of the im2col: fused in, FuseOps would recompute its division
         # for every patch element (9-49 per input element: int8 ResNet went 4.1 -> 4.8 ms)
-        gv = patches.args[0] if isinstance(patches, relax.Call) else bb.lookup_binding(patches).args[0]
+        gv = bb.lookup_binding(patches).args[0]
         bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", 8))
     rows = static_shape(patches)[0]
     return patches, bb.emit(op.broadcast_to(op.reshape(sx, (1,)), (rows,)))
+
+
+def _emit_codes(bb, x, amax):
+    """``(xq int8, sx)``: ``sx = max(amax, 1e-30) / 127``, ``xq = clip(round(x / sx), ±127)``."""
+    from tvm import relax
+
+    op = relax.op
+    sx = bb.emit(op.divide(op.maximum(amax, relax.const(np.float32(1e-30))), relax.const(np.float32(127))))
+    return bb.emit(op.astype(op.clip(op.round(op.divide(x, sx)), -127, 127), "int8")), sx
 
 
 def _emit_quantize(bb, x2, act: str):
@@ -126,9 +132,7 @@ def _emit_quantize(bb, x2, act: str):
     op = relax.op
     m = static_shape(x2)[0]
     amax = op.max(op.abs(x2), axis=[1] if act == "row" else None, keepdims=act == "row")
-    sx = bb.emit(op.divide(op.maximum(amax, relax.const(np.float32(1e-30))), relax.const(np.float32(127))))
-    q = op.clip(op.round(op.divide(x2, sx)), -127, 127)
-    xq = bb.emit(op.astype(q, "int8"))
+    xq, sx = _emit_codes(bb, x2, amax)
     sx_rows = op.reshape(sx, (m,)) if act == "row" else op.broadcast_to(op.reshape(sx, (1,)), (m,))
     return xq, bb.emit(sx_rows)
 

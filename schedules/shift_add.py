@@ -47,7 +47,6 @@ SIGN_INTRINSICS = {8: "llvm.x86.avx2.psign.d", 4: "llvm.x86.ssse3.psign.d.128"}
 XOR_SHIFT = "xor-shift"
 
 
-
 def _contrib_int(sign_intrinsic: str | None = None):
     """``sign * (xq >> e)`` for an integer-path code byte (``e = byte & 31``, negative byte =
     negative weight, zero byte = zero weight; see ``shift_add_math.encode_int_codes``).
@@ -144,20 +143,17 @@ def pot_matmul_int(m: int, k: int, n: int, terms: int, frac_bits: int, int_bits:
         xq = x
     dims = (m, n, k, terms, tile_n)
     acc = _accumulate(xq, codes, _contrib_int(sign_intrinsic), dims)
-    total = acc
     if sign_intrinsic == XOR_SHIFT:
         neg = _negative_counts(codes, dims)
-        if not dequantize:
-            total = te.compute((m, n), lambda i, j: acc[i, j] + neg[j], name="shift_total")
+        summed = lambda i, j: acc[i, j] + neg[j]  # noqa: E731
+    else:
+        summed = lambda i, j: acc[i, j]  # noqa: E731
     if dequantize:
         out_scale = te.placeholder((n,), "float32", name="out_scale")
-        if sign_intrinsic == XOR_SHIFT:
-            y = te.compute((m, n), lambda i, j: (acc[i, j] + neg[j]).astype("float32") * out_scale[j],
-                           name="dequant")
-        else:
-            y = te.compute((m, n), lambda i, j: acc[i, j].astype("float32") * out_scale[j], name="dequant")
+        y = te.compute((m, n), lambda i, j: summed(i, j).astype("float32") * out_scale[j], name="dequant")
         func = te.create_prim_func([x, codes, out_scale, y])
     else:
+        total = te.compute((m, n), summed, name="shift_total") if sign_intrinsic == XOR_SHIFT else acc
         func = te.create_prim_func([x, codes, total])
     return _named(func, "pot_matmul_int", m=m, k=k, n=n, terms=terms, frac_bits=frac_bits,
                   int_bits=int_bits, tile_n=tile_n, dequantize=int(dequantize))

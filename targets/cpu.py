@@ -21,7 +21,8 @@ from tvm.target.codegen import llvm_get_system_cpu
 from ..errors import ArtifactError
 from ..schedules.cpu import default_rules
 from .cpu_fusion import fuse_layout_into_matmul
-from .graph_opt import fold_batch_norm
+from ..passes import static_shape
+from .graph_opt import fold_batch_norm, has_op
 
 TAG = "accelc/cpu"
 # ISA extensions that decide whether code built for one x86 CPU runs on another.
@@ -232,7 +233,7 @@ def _take_constant(bb: relax.BlockBuilder, call: relax.Call):
     x, idx = call.args
     if not isinstance(idx, tvm.ir.expr.Constant) or idx.value.numpy().ndim != 0 or call.attrs.axis is None:
         return None
-    shape = [int(d) for d in x.ty.shape] if all(isinstance(d, tirx.IntImm) for d in x.ty.shape) else None
+    shape = static_shape(x)
     if shape is None:
         return None
     axis = int(call.attrs.axis) % len(shape)
@@ -281,7 +282,7 @@ def _row_reduction(kind: str):
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call):
         x = call.args[0]
-        shape = [int(d) for d in x.ty.shape] if all(isinstance(d, tirx.IntImm) for d in x.ty.shape) else None
+        shape = static_shape(x)
         if shape is None or not shape or x.ty.dtype not in ("float32", "int32"):
             return None
         axes = call.attrs.axis
@@ -352,22 +353,12 @@ def channels_last_convs(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     ("Invalid SLayout: can't find S in source layout ABC" on ``maximum(x, const(1e-9))``).
     NCHW convs then take the fallback schedule: slower, still correct.
     """
-    if not _has_op(mod, "relax.nn.conv2d"):
+    if not has_op(mod, "relax.nn.conv2d"):
         return mod
     try:
         return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
     except RuntimeError:  # tvm.error.InternalError
         return mod
-
-
-def _has_op(mod: tvm.IRModule, op_name: str) -> bool:
-    op = tvm.ir.Op.get(op_name)
-    found = []
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(
-                func, lambda e: found.append(1) if isinstance(e, relax.Call) and e.op.same_as(op) else None)
-    return bool(found)
 
 
 def front_passes(target: Target, fast_math: bool = True) -> list:

@@ -84,19 +84,26 @@ def _patterns() -> dict:
     return p
 
 
+def has_op(mod: tvm.IRModule, op_name: str) -> bool:
+    """Whether any Relax function of ``mod`` calls the operator ``op_name``."""
+    op = tvm.ir.Op.get(op_name)
+    found = []
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(
+                func, lambda e: found.append(1) if isinstance(e, relax.Call) and e.op.same_as(op) else None)
+    return bool(found)
+
+
 @tvm.transform.module_pass(opt_level=0, name="accelc.FoldBatchNorm")
 def fold_batch_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Fold inference ``batch_norm`` (after ``conv2d`` [+ constant bias]) into the conv."""
-    bn_op = tvm.ir.Op.get("relax.nn.batch_norm")
+    if not has_op(mod, "relax.nn.batch_norm"):
+        return mod
     pats = _patterns()
     updates = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, relax.Function) or (func.attrs and "Primitive" in func.attrs):
-            continue
-        found = []
-        relax.analysis.post_order_visit(
-            func, lambda e: found.append(1) if isinstance(e, relax.Call) and e.op.same_as(bn_op) else None)
-        if not found:
             continue
         new = rewrite_call(pats["root"], lambda expr, m: _fold_one(m, pats, expr), func)
         if not new.same_as(func):

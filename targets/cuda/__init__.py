@@ -17,6 +17,7 @@ from tvm import relax
 from tvm.target import Target
 
 from ...errors import ArtifactError, TargetError
+from ..graph_opt import fold_batch_norm
 
 TAG = "accelc/cuda"
 #: Per-block limits of every NVIDIA GPU since Volta (sm_70); MetaSchedule and dlight need them.
@@ -103,8 +104,6 @@ def export(executable, path: str, meta_target: dict) -> None:
 # -- pipeline ----------------------------------------------------------------------------------
 def front_passes(target: Target) -> list:
     cuda = relax.backend.cuda.pipeline
-    from ..graph_opt import fold_batch_norm
-
     return [
         fold_batch_norm,
         relax.transform.DecomposeOpsForInference(),
