@@ -27,8 +27,9 @@ everything into compressed bundles of at most ``--max-mib`` each::
 Default cases: every zoo model (``minilm-l6`` is skipped with a note when its optional
 weights package is missing), the rewrites ``deit-tiny+linearize``, ``gpt2-like+linearize``
 and ``deit-tiny+shift-add`` (``DEFAULT_REWRITES``), ``gemm-fp32-1024`` (1024³ fp32) and
-``gemm-fp16-4096`` (4096³, fp16 in, fp32 accumulate and out). Other names: ``gemm-fp32-N``,
-``gemm-fp16-MxNxK``, ``mlp-tiny`` (a 16→32→8 MLP, for self-tests), and ``MODEL+PASS[+PASS…]``
+``gemm-fp16-4096`` (4096³, fp16 in, fp32 accumulate and out) and ``gemm-int8-1024`` (int8 in,
+int32 out, bit-exact: the ``__dp4a`` schedule against cuBLAS's int8 GEMM). Other names:
+``gemm-fp32-N``, ``gemm-fp16-MxNxK``, ``gemm-int8-MxNxK``, ``mlp-tiny`` (a 16→32→8 MLP, for self-tests), and ``MODEL+PASS[+PASS…]``
 (a zoo model through accelc's passes, e.g. ``bert-encoder+shift-add:terms=2``; no commas:
 ``--cases`` splits on them). A rewrite case's reference is accelc's CPU build of the same
 rewrite; its fidelity against onnxruntime on the original model is measured here and carried
@@ -75,7 +76,7 @@ import numpy as np
 from accelc.benchmarks import gpu_host_run as runner
 
 MIB = 1 << 20
-DEFAULT_GEMMS = ("gemm-fp32-1024", "gemm-fp16-4096")
+DEFAULT_GEMMS = ("gemm-fp32-1024", "gemm-fp16-4096", "gemm-int8-1024")
 HOST_PYTHON = "3.12"
 WHEEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "accelc" / "wheels"
 #: outputs above this are shipped as a sampled reference (exact entries + row/column sums)
@@ -92,6 +93,8 @@ DEFAULT_REWRITES = ("deit-tiny+linearize", "gpt2-like+linearize", "deit-tiny+shi
 TOL_GEMM_FP32 = {"rtol": 1e-4, "atol": 1e-3}
 #: fp16 inputs: loose enough for fp16 partial sums or split-K, tight enough to catch garbage
 TOL_GEMM_FP16 = {"rtol": 1e-2, "atol": 5e-2}
+#: int8 × int8 → int32: integer arithmetic, bit-exact
+TOL_GEMM_INT8 = {"rtol": 0.0, "atol": 0.0}
 _TAR_RECORD = 10240
 
 
@@ -138,10 +141,10 @@ def parse_rewrite(name: str) -> tuple[str, list[str]] | None:
 
 
 def parse_gemm(name: str) -> tuple[str, int, int, int] | None:
-    m = re.fullmatch(r"gemm-(fp32|fp16)-(\d+)(?:x(\d+)x(\d+))?", name)
+    m = re.fullmatch(r"gemm-(fp32|fp16|int8)-(\d+)(?:x(\d+)x(\d+))?", name)
     if not m:
         return None
-    dt = {"fp32": "float32", "fp16": "float16"}[m.group(1)]
+    dt = {"fp32": "float32", "fp16": "float16", "int8": "int8"}[m.group(1)]
     a = int(m.group(2))
     n, k = (int(m.group(3)), int(m.group(4))) if m.group(3) else (a, a)
     return dt, a, n, k
@@ -157,7 +160,7 @@ def _gemm_module(name: str, dtype: str, m: int, n: int, k: int):
     w = relax.Var("w", relax.TensorType((k, n), dtype))
     with bb.function("main", [x, w]):
         with bb.dataflow():
-            y = bb.emit(relax.op.matmul(x, w, out_dtype="float32"))
+            y = bb.emit(relax.op.matmul(x, w, out_dtype="int32" if dtype == "int8" else "float32"))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     return import_relax(bb.get(), name)
@@ -223,18 +226,27 @@ def build_case(name: str, target: str, arch: str | None, stage: Path, full_limit
     gemm = parse_gemm(name)
     if gemm:
         dtype, m, n, k = gemm
-        if k * 64 >= 1 << 24:
-            raise PackError(f"{name}: K={k} is too large for an exact fp32 reference")
+        integer = dtype == "int8"
+        if (k * 127 * 128 >= 1 << 31) if integer else (k * 64 >= 1 << 24):
+            raise PackError(f"{name}: K={k} is too large for an exact {'int32' if integer else 'fp32'} reference")
         cm = _compile(_gemm_module(name, dtype, m, n, k), target, arch)
-        gen = [{"name": "x", "shape": [m, k], "dtype": dtype, "seed": 1},
-               {"name": "w", "shape": [k, n], "dtype": dtype, "seed": 2}]
-        x, w = (runner.pattern_array(g["shape"], dtype, g["seed"]) for g in gen)
-        ref = {cm.meta.outputs[0].name: np.matmul(x.astype(np.float32), w.astype(np.float32))}
-        del x, w
-        info.update(kind="gemm", inputs={"generate": gen},
-                    tolerance=dict(TOL_GEMM_FP16 if dtype == "float16" else TOL_GEMM_FP32),
-                    flops=2 * m * n * k, gemm={"m": m, "n": n, "k": k, "in_dtype": dtype, "out_dtype": "float32"},
-                    reference=f"numpy {np.__version__} float32 matmul of the {dtype} inputs (exact for these inputs)")
+        # int8: the whole range (levels 255, step 1); floats: 17 levels of 1/8, exact in fp16
+        pattern = {"levels": 255, "scale": 1.0} if integer else {}
+        gen = [{"name": "x", "shape": [m, k], "dtype": dtype, "seed": 1, **pattern},
+               {"name": "w", "shape": [k, n], "dtype": dtype, "seed": 2, **pattern}]
+        x, w = (runner.pattern_array(g["shape"], dtype, g["seed"], **pattern) for g in gen)
+        if integer:
+            out = np.matmul(x.astype(np.int64), w.astype(np.int64)).astype(np.int32)
+            how = "int64 matmul of the int8 inputs"
+        else:
+            out = np.matmul(x.astype(np.float32), w.astype(np.float32))
+            how = f"float32 matmul of the {dtype} inputs (exact for these inputs)"
+        ref = {cm.meta.outputs[0].name: out}
+        del x, w, out
+        tol = TOL_GEMM_INT8 if integer else TOL_GEMM_FP16 if dtype == "float16" else TOL_GEMM_FP32
+        info.update(kind="gemm", inputs={"generate": gen}, tolerance=dict(tol), flops=2 * m * n * k,
+                    gemm={"m": m, "n": n, "k": k, "in_dtype": dtype, "out_dtype": "int32" if integer else "float32"},
+                    reference=f"numpy {np.__version__} {how}")
     else:
         from accelc.compiler.oracle import run_onnxruntime
 
@@ -256,7 +268,7 @@ def build_case(name: str, target: str, arch: str | None, stage: Path, full_limit
             kind = "onnx-zoo"
         else:
             raise PackError(f"unknown case '{name}': a zoo model ({', '.join(zoo.names())}), "
-                            "MODEL+PASS[+PASS...], gemm-fp32-N, gemm-fp16-MxNxK or mlp-tiny")
+                            "MODEL+PASS[+PASS...], gemm-fp32-N, gemm-fp16-MxNxK, gemm-int8-N or mlp-tiny")
         imported = import_onnx(proto)
         cm = _compile(imported, target, arch)
         feeds = {s.name: np.asarray(feeds[s.name]) for s in cm.meta.inputs}
@@ -547,7 +559,7 @@ def pack(out: str | os.PathLike, arch: str | None = "sm_90", cases: list[str] | 
                 _check_rewrite(name, *rewrite)
             elif name not in zoo.names():
                 raise PackError(f"unknown case '{name}': a zoo model ({', '.join(zoo.names())}), "
-                                "MODEL+PASS[+PASS...], gemm-fp32-N, gemm-fp16-MxNxK or mlp-tiny")
+                                "MODEL+PASS[+PASS...], gemm-fp32-N, gemm-fp16-MxNxK, gemm-int8-N or mlp-tiny")
     wheel_path = fetch_wheel(host_python, log) if (wheel and runtime) else None
     for old in list(out.glob("bundle-*")) + [out / runner.MANIFEST]:
         old.unlink(missing_ok=True)  # never mix bundles of two packs

@@ -385,8 +385,8 @@ def _cpu_name() -> str:
 
 
 # -- cuBLAS baseline (optional) --------------------------------------------------------------------
-_CUDA_R_32F, _CUDA_R_16F = 0, 2
-_CUBLAS_COMPUTE_32F = 68
+_CUDA_R_32F, _CUDA_R_16F, _CUDA_R_8I, _CUDA_R_32I = 0, 2, 3, 10
+_CUBLAS_COMPUTE_32F, _CUBLAS_COMPUTE_32I = 68, 72
 _CUBLAS_GEMM_DEFAULT = -1
 
 
@@ -436,14 +436,17 @@ class Cublas:
             raise RuntimeError(f"{what} failed with cuBLAS status {rc}")
 
     def gemm(self, a, b, c, m: int, n: int, k: int, in_dtype: str, out_dtype: str) -> None:
-        types = {"float32": _CUDA_R_32F, "float16": _CUDA_R_16F}
-        alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
+        types = {"float32": _CUDA_R_32F, "float16": _CUDA_R_16F, "int8": _CUDA_R_8I, "int32": _CUDA_R_32I}
+        integer = in_dtype == "int8"
+        scalar = ctypes.c_int if integer else ctypes.c_float
+        alpha, beta = scalar(1), scalar(0)
         # column-major view: Cᵀ (n×m) = Bᵀ (n×k) · Aᵀ (k×m)
         rc = self.lib.cublasGemmEx(
             self.handle, 0, 0, n, m, k, ctypes.byref(alpha),
             ctypes.c_void_p(b.data_ptr()), types[in_dtype], n,
             ctypes.c_void_p(a.data_ptr()), types[in_dtype], k, ctypes.byref(beta),
-            ctypes.c_void_p(c.data_ptr()), types[out_dtype], n, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+            ctypes.c_void_p(c.data_ptr()), types[out_dtype], n,
+            _CUBLAS_COMPUTE_32I if integer else _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
         self._check(rc, "cublasGemmEx")
 
     def sync(self) -> None:

@@ -26,6 +26,7 @@ KERNELS = {
     "int8_matmul": lambda: i8.int8_matmul(16, 64, 48),
     # every dim over 64: dlight's Matmul would tensorize it and fail in lowering (TVM 0.27)
     "int8_matmul_large": lambda: i8.int8_matmul(197, 192, 576),
+    "int8_matmul_ragged_k": lambda: i8.int8_matmul(20, 147, 40),  # K not whole words: byte copies
     "dequantize": lambda: i8.dequantize(16, 48, True),
     "linear_attention": lambda: la.linear_attention(1, 2, 37, 16),
     "linear_attention_castling_bias": lambda: la.linear_attention(2, 2, 70, 64, "castling", key_bias=True),
@@ -192,9 +193,9 @@ def test_int8_cnn_compiles_for_cuda(tmp_path):
     _build_export("resnet-small", ["int8"], tmp_path)
 
 
-def test_int8_gemm_takes_the_simt_matmul_schedule():
-    """accelc's GPU Matmul rule schedules an int8 GEMM over 64 in every dim itself (SIMT, no
-    WMMA: dlight's int8 tensor-core schedule fails in TVM 0.27's lowering), and still
+def test_int8_gemm_takes_the_dp4a_schedule():
+    """accelc's GPU Matmul rule schedules an int8 GEMM over 64 in every dim itself (``__dp4a``,
+    no WMMA: dlight's int8 tensor-core schedule fails in TVM 0.27's lowering), and still
     tensorizes a float16 one."""
     import tvm
     from tvm import te
@@ -204,6 +205,7 @@ def test_int8_gemm_takes_the_simt_matmul_schedule():
     target = cuda.target("sm_90")
     int8_sch = Matmul().apply(i8.int8_matmul(197, 192, 576), target, False)
     assert int8_sch is not None and "wmma" not in int8_sch.mod.script()
+    assert '"__dp4a"' in int8_sch.mod.script()
     a, b = te.placeholder((256, 256), "float16"), te.placeholder((256, 512), "float16")
     k = te.reduce_axis((0, 256))
     c = te.compute((256, 512), lambda i, j: te.sum(a[i, k].astype("float32") * b[k, j].astype("float32"), axis=k))

@@ -21,7 +21,7 @@ from accelc.benchmarks import gpu_host
 from accelc.benchmarks import gpu_host_run as runner
 
 RUNNER = Path(runner.__file__)
-CASES = ["mlp-tiny", "gemm-fp32-64", "gemm-fp16-32x48x64"]
+CASES = ["mlp-tiny", "gemm-fp32-64", "gemm-fp16-32x48x64", "gemm-int8-20x40x36"]
 MAX_MIB = 8.0
 
 
@@ -67,6 +67,8 @@ def test_bundles_fit_the_limit_and_the_manifest_describes_them(packed):
     by = {c["name"]: c for c in manifest["cases"]}
     assert all(c["bundle"] == "bundle-artifacts-01.tar.xz" for c in by.values())
     assert by["gemm-fp16-32x48x64"]["tolerance"] == gpu_host.TOL_GEMM_FP16
+    assert by["gemm-int8-20x40x36"]["tolerance"] == {"rtol": 0.0, "atol": 0.0}  # integer: bit-exact
+    assert by["gemm-int8-20x40x36"]["outputs"][0]["dtype"] == "int32"
     assert by["gemm-fp32-64"]["flops"] == 2 * 64**3
     assert by["gemm-fp32-64"]["sampled_outputs"] == ["output_0"]  # above --full-expected-mib
     assert by["mlp-tiny"]["outputs"] == [{"name": "y", "shape": [2, 8], "dtype": "float32"}]
@@ -92,7 +94,7 @@ def test_runner_runs_cpu_artifacts_and_passes(ran):
     folder, proc = ran
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((folder / "RESULTS.json").read_text())
-    assert results["summary"] == {"pass": 3, "fail": 0, "error": 0, "missing": 0}
+    assert results["summary"] == {"pass": len(CASES), "fail": 0, "error": 0, "missing": 0}
     assert results["runtime"]["mode"] == "bundled"
     assert results["device"]["kind"] == "cpu"
     for case in results["cases"]:
@@ -131,6 +133,7 @@ def test_corrupt_expected_is_a_failure(ran, tmp_path):
     assert results["mlp-tiny"]["status"] == "fail" and results["mlp-tiny"]["max_abs"] == pytest.approx(1.0, abs=1e-3)
     assert results["gemm-fp32-64"]["status"] == "fail"
     assert results["gemm-fp16-32x48x64"]["status"] == "pass"
+    assert results["gemm-int8-20x40x36"]["status"] == "pass" and results["gemm-int8-20x40x36"]["max_abs"] == 0
     assert "fail" in proc.stdout
 
 
@@ -191,8 +194,8 @@ def test_unknown_case_and_bad_arch_fail_before_compiling(tmp_path):
     with pytest.raises(gpu_host.PackError, match="unknown zoo model"):
         gpu_host.default_cases(["nope"])
     assert gpu_host.default_cases(["deit-tiny"]) == ["deit-tiny", "deit-tiny+linearize", "deit-tiny+shift-add",
-                                                     "gemm-fp32-1024", "gemm-fp16-4096"]
-    assert gpu_host.default_cases(["resnet-small"]) == ["resnet-small", "gemm-fp32-1024", "gemm-fp16-4096"]
+                                                     "gemm-fp32-1024", "gemm-fp16-4096", "gemm-int8-1024"]
+    assert gpu_host.default_cases(["resnet-small"]) == ["resnet-small", *gpu_host.DEFAULT_GEMMS]
 
 
 @pytest.mark.parametrize("case,match", [("nope+linearize", "unknown zoo model 'nope'"),

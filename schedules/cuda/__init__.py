@@ -13,6 +13,7 @@ from tvm.s_tir import dlight as dl
 
 from ..cpu import Guarded
 from ..kernel_attrs import kernel_name
+from . import int8_gemm
 
 #: kernel name → builder(func) -> PrimFunc already scheduled for CUDA (or None to decline)
 GPU_KERNELS: dict = {}
@@ -48,7 +49,8 @@ def gpu_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
 
 class Matmul(dl.gpu.Matmul):
-    """dlight's GPU Matmul, except that int8 × int8 → int32 GEMMs take its SIMT schedule.
+    """dlight's GPU Matmul, except for int8 × int8 → int32 GEMMs: accelc's ``__dp4a`` schedule
+    (``int8_gemm``), or where that does not apply dlight's SIMT schedule.
 
     Upstream symptom (TVM 0.27): for int8 GEMMs with every dim over 64 (the int8 rewrite's
     layers on real models: DeiT's 197×192×576) the rule picks ``MatmulInt8Tensorization``,
@@ -57,7 +59,10 @@ class Matmul(dl.gpu.Matmul):
     """
 
     def apply(self, func, target, tunable):  # noqa: D102
-        if isinstance(func, tvm.tirx.PrimFunc) and _int8_gemm(func) and target.kind.name == "cuda":
+        if isinstance(func, tvm.tirx.PrimFunc) and target.kind.name == "cuda" and _int8_gemm(func):
+            sch = int8_gemm.schedule(func, target)
+            if sch is not None:
+                return sch
             target = tvm.target.Target({**target.export(), "arch": "sm_60"})  # no tensor cores
         return super().apply(func, target, tunable)
 

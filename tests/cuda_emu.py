@@ -1,0 +1,118 @@
+"""Run the CUDA C that TVM generates for a kernel on the CPU, one OS thread per GPU thread.
+
+CI has no GPU. For kernels built from plain CUDA C — shared memory, ``__syncthreads``,
+``__dp4a``, int4/char4 vectors — the source TVM hands to nvcc is compiled here by the host C++
+compiler with a small prelude: ``threadIdx``/``blockIdx`` are thread-locals, ``__shared__``
+arrays are function statics (shared by the threads of the block running), ``__syncthreads`` is
+a ``std::barrier`` over the block's threads, ``__dp4a`` the four signed byte products. Blocks
+run one after the other, their threads concurrently. What it checks is the generated program
+itself (indexing, padding, predicates, the packing of bytes into words), against NumPy; what it
+cannot check is anything only the GPU does (memory alignment faults, warp intrinsics, timing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+PRELUDE = r"""
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+#define uint unsigned int
+#define uchar unsigned char
+#define ushort unsigned short
+#define __global__
+#define __shared__ static
+#define __launch_bounds__(n)
+#define __restrict__ __restrict
+struct emu_dim { int x = 0, y = 0, z = 0; };
+static thread_local emu_dim threadIdx, blockIdx;
+static std::barrier<>* emu_barrier = nullptr;
+static inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+struct alignas(16) int4 { int x, y, z, w; };
+struct alignas(4) char4 { signed char x, y, z, w; };
+static inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+static inline char4 make_char4(signed char x, signed char y, signed char z, signed char w) { return {x, y, z, w}; }
+static inline int __dp4a(int a, int b, int c) {
+  for (int i = 0; i < 4; ++i)
+    c += int(static_cast<signed char>(a >> (8 * i))) * int(static_cast<signed char>(b >> (8 * i)));
+  return c;
+}
+"""
+
+_SIGNATURE = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)\s*\{')
+
+
+def launch_dims(script: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Grid and block extents from a scheduled PrimFunc's TVMScript (its thread bindings)."""
+    ext = {}
+    pattern = r'T\.thread_binding\((?:T\.int(?:32|64)\()?(\d+)\)?, thread="((?:blockIdx|threadIdx)\.[xyz])"'
+    for n, tag in re.findall(pattern, script):
+        ext[tag] = max(ext.get(tag, 1), int(n))
+    dims = [tuple(ext.get(f"{kind}.{a}", 1) for a in "xyz") for kind in ("blockIdx", "threadIdx")]
+    return dims[0], dims[1]
+
+
+def _kernel(source: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """(kernel name, source from its definition on, its parameters' (C type, name))."""
+    found = list(_SIGNATURE.finditer(source))
+    if len(found) != 1:
+        raise ValueError(f"expected one __global__ kernel definition, found {len(found)}")
+    m = found[0]
+    types = []
+    for p in m.group(2).split(","):
+        p = p.replace("__restrict__", "").strip()
+        if "*" not in p:
+            raise ValueError(f"kernel parameter '{p}' is not a pointer (dynamic shapes are not emulated)")
+        types.append((p[:p.rindex("*") + 1], p[p.rindex("*") + 1:].strip()))
+    return m.group(1), source[m.start():], types
+
+
+def run(source: str, grid, block, buffers: dict[str, np.ndarray], extra: str = "") -> None:
+    """Run the one kernel of ``source`` over ``grid`` × ``block`` on ``buffers`` (by the PrimFunc's
+    buffer names, TVM's ``<name>_ptr`` parameters; outputs are written in place). ``extra``:
+    C++ placed between the prelude and the kernel."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise RuntimeError("no host C++ compiler (g++) to emulate the kernel with")
+    name, body, types = _kernel(source)
+    body = re.sub(r"__shared__\s+alignas\((\d+)\)", r"alignas(\1) static", body)  # C++ wants it first
+    names = [n[:-4] if n.endswith("_ptr") else n for _, n in types]
+    if set(names) != set(buffers):
+        raise ValueError(f"kernel {name} takes {sorted(names)}, got {sorted(buffers)}")
+    args = [buffers[n] for n in names]
+    call = ", ".join(f"({t})a[{i}]" for i, (t, _) in enumerate(types))
+    n_threads = block[0] * block[1] * block[2]
+    launcher = f"""
+extern "C" void emu_launch(void** a) {{
+  for (int bz = 0; bz < {grid[2]}; ++bz) for (int by = 0; by < {grid[1]}; ++by) for (int bx = 0; bx < {grid[0]}; ++bx) {{
+    std::barrier<> bar({n_threads});
+    emu_barrier = &bar;
+    std::vector<std::thread> ts;
+    for (int tz = 0; tz < {block[2]}; ++tz) for (int ty = 0; ty < {block[1]}; ++ty) for (int tx = 0; tx < {block[0]}; ++tx)
+      ts.emplace_back([=] {{ blockIdx = {{bx, by, bz}}; threadIdx = {{tx, ty, tz}}; {name}({call}); }});
+    for (auto& t : ts) t.join();
+  }}
+}}
+"""
+    with tempfile.TemporaryDirectory(prefix="accelc-cuda-emu-") as d:
+        src, lib = Path(d) / "kernel.cc", Path(d) / "kernel.so"
+        src.write_text(PRELUDE + extra + body + launcher)
+        out = subprocess.run([cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w", str(src), "-o", str(lib)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"host compile of the CUDA kernel failed:\n{out.stderr[-3000:]}")
+        so = ctypes.CDLL(str(lib))
+        ptrs = (ctypes.c_void_p * len(args))(*[a.ctypes.data for a in args])
+        for a in args:
+            assert a.flags.c_contiguous
+        so.emu_launch(ptrs)
