@@ -4,7 +4,9 @@ CI has no GPU. For kernels built from plain CUDA C — shared memory, ``__syncth
 ``__dp4a``, int4/char4 vectors — the source TVM hands to nvcc is compiled here by the host C++
 compiler with a small prelude: ``threadIdx``/``blockIdx`` are thread-locals, ``__shared__``
 arrays are function statics (shared by the threads of the block running), ``__syncthreads`` is
-a ``std::barrier`` over the block's threads, ``__dp4a`` the four signed byte products. Blocks
+a ``std::barrier`` over the block's threads, warp shuffles exchange through per-warp slots
+between two warp barriers (so every lane of a warp must reach them, as on the GPU), ``__dp4a``
+is the four signed byte products and the fast-math intrinsics are the exact functions. Blocks
 run one after the other, their threads concurrently. What it checks is the generated program
 itself (indexing, padding, predicates, the packing of bytes into words), against NumPy; what it
 cannot check is anything only the GPU does (memory alignment faults, warp intrinsics, timing).
@@ -22,11 +24,16 @@ from pathlib import Path
 import numpy as np
 
 PRELUDE = r"""
+#include <algorithm>
 #include <barrier>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <thread>
 #include <vector>
+using std::max;
+using std::min;
 #define uint unsigned int
 #define uchar unsigned char
 #define ushort unsigned short
@@ -36,8 +43,36 @@ PRELUDE = r"""
 #define __restrict__ __restrict
 struct emu_dim { int x = 0, y = 0, z = 0; };
 static thread_local emu_dim threadIdx, blockIdx;
+static thread_local int emu_tid;  // linear thread index in the block
 static std::barrier<>* emu_barrier = nullptr;
 static inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+// warp shuffles: each lane posts its value in its warp's slots, the warp meets, reads, meets again
+struct emu_warp { std::barrier<>* bar; uint64_t slot[32]; };
+static emu_warp* emu_warps = nullptr;
+template <class T> static T emu_shfl(T v, int src) {
+  static_assert(sizeof(T) <= 8, "shuffle of a value wider than 64 bits");
+  emu_warp& w = emu_warps[emu_tid / 32];
+  std::memcpy(&w.slot[emu_tid % 32], &v, sizeof(T));
+  w.bar->arrive_and_wait();
+  T out;
+  std::memcpy(&out, &w.slot[src], sizeof(T));
+  w.bar->arrive_and_wait();
+  return out;
+}
+template <class T> static T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+  int lane = emu_tid % 32, src = lane ^ lane_mask;
+  return emu_shfl(v, (src & ~(width - 1)) == (lane & ~(width - 1)) ? src : lane);
+}
+template <class T> static T __shfl_sync(unsigned, T v, int src_lane, int width = 32) {
+  int lane = emu_tid % 32;
+  return emu_shfl(v, (lane & ~(width - 1)) + (src_lane & (width - 1)));
+}
+template <class T> static T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+  int lane = emu_tid % 32, src = lane + int(delta);
+  return emu_shfl(v, (src & ~(width - 1)) == (lane & ~(width - 1)) ? src : lane);
+}
+// __expf, __logf: glibc declares them (its expf, logf)
+static inline float __fdividef(float a, float b) { return a / b; }
 struct alignas(16) int4 { int x, y, z, w; };
 struct alignas(4) char4 { signed char x, y, z, w; };
 static inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
@@ -92,14 +127,30 @@ def run(source: str, grid, block, buffers: dict[str, np.ndarray], extra: str = "
     args = [buffers[n] for n in names]
     call = ", ".join(f"({t})a[{i}]" for i, (t, _) in enumerate(types))
     n_threads = block[0] * block[1] * block[2]
+    n_warps = -(-n_threads // 32)
     launcher = f"""
 extern "C" void emu_launch(void** a) {{
-  for (int bz = 0; bz < {grid[2]}; ++bz) for (int by = 0; by < {grid[1]}; ++by) for (int bx = 0; bx < {grid[0]}; ++bx) {{
+  for (int bz = 0; bz < {grid[2]}; ++bz)
+  for (int by = 0; by < {grid[1]}; ++by)
+  for (int bx = 0; bx < {grid[0]}; ++bx) {{
     std::barrier<> bar({n_threads});
     emu_barrier = &bar;
     std::vector<std::thread> ts;
-    for (int tz = 0; tz < {block[2]}; ++tz) for (int ty = 0; ty < {block[1]}; ++ty) for (int tx = 0; tx < {block[0]}; ++tx)
-      ts.emplace_back([=] {{ blockIdx = {{bx, by, bz}}; threadIdx = {{tx, ty, tz}}; {name}({call}); }});
+    std::deque<std::barrier<>> bars;  // not movable: a deque never moves its elements
+    std::vector<emu_warp> warps({n_warps});
+    for (int i = 0; i < {n_warps}; ++i) {{
+      bars.emplace_back(std::min(32, {n_threads} - 32 * i));
+      warps[i].bar = &bars[i];
+    }}
+    emu_warps = warps.data();
+    for (int tz = 0; tz < {block[2]}; ++tz)
+    for (int ty = 0; ty < {block[1]}; ++ty)
+    for (int tx = 0; tx < {block[0]}; ++tx)
+      ts.emplace_back([=] {{
+        blockIdx = {{bx, by, bz}}; threadIdx = {{tx, ty, tz}};
+        emu_tid = tx + {block[0]} * (ty + {block[1]} * tz);
+        {name}({call});
+      }});
     for (auto& t : ts) t.join();
   }}
 }}

@@ -30,6 +30,8 @@ from accelc.schedules.cuda.bcq_lut import bcq_matmul_lut_gpu
 from accelc.schedules.cuda.shift_add import pot_matmul_gpu
 from accelc.targets import cuda
 
+from . import cuda_emu
+
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: Below, at and above the 32-row / 32-column / 32-deep tiles, ragged and whole.
 DIMS = st.integers(1, 9) | st.integers(10, 70)
@@ -351,7 +353,13 @@ def test_linear_attention_twin_rejects_an_unknown_variant():
         linear_attention_gpu(1, 1, 4, 4, "relu2")
 
 
-# -- on a GPU ------------------------------------------------------------------------------------
+# -- their CUDA C: on a GPU, and run on the host -------------------------------------------------
+# Each test below runs the twin as built for CUDA: on a GPU when there is one, and always as
+# "emulated-cuda": the CUDA C that nvcc gets, compiled for the host by tests/cuda_emu.py (a
+# thread per GPU thread; shared memory, barriers and warp shuffles emulated).
+WHERE = [pytest.param("gpu", marks=needs_gpu), "emulated-cuda"]
+
+
 def _on_gpu(func, tmp_path, monkeypatch):
     """The twin built for the local GPU, exported with its fatbin and loaded back."""
     from accelc.targets.cuda import fatbin
@@ -365,56 +373,88 @@ def _on_gpu(func, tmp_path, monkeypatch):
     return tvm.runtime.load_module(str(path))
 
 
-@needs_gpu
+class _EmulatedCuda:
+    """The twin's CUDA C for sm_90, run on the host; called like a built module (``lib["main"]``)."""
+
+    def __init__(self, func):
+        from accelc.targets.cuda import fatbin
+
+        target = cuda.target("sm_90")
+        mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        self.grid, self.block = cuda_emu.launch_dims(mod.script())
+        with target:
+            lib = tvm.tirx.build(mod, target=target)
+        (dev,) = [m for m in fatbin.cuda_modules(lib) if m.kind == "cuda"]
+        self.source, self.names = dev.inspect_source("cuda"), [p.name for p in func.params]
+
+    def __getitem__(self, _name):
+        return self._call
+
+    def _call(self, *tensors):
+        arrays = [t.numpy() for t in tensors]
+        cuda_emu.run(self.source, self.grid, self.block, dict(zip(self.names, arrays)))
+        for t, a in zip(tensors, arrays):
+            t.copyfrom(a)
+
+
+def _twin(where, func, tmp_path, monkeypatch):
+    """(module, device) of the twin ``func`` for ``where``."""
+    if where == "gpu":
+        return _on_gpu(func, tmp_path, monkeypatch), cuda.device()
+    return _EmulatedCuda(func), tvm.cpu()
+
+
+@pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("kind", ["int_acc", "int", "float"])
 @pytest.mark.parametrize("shape", [(1, 70, 45, 2), (37, 70, 45, 2), (128, 256, 96, 3)])
-def test_pot_twin_runs_on_the_gpu(kind, shape, tmp_path, monkeypatch):
+def test_pot_twin_runs_as_cuda(where, kind, shape, tmp_path, monkeypatch):
     func, args, want, dtype = _pot_case(kind, *shape, seed=3)
-    lib = _on_gpu(GPU_KERNELS["pot_matmul_float" if kind == "float" else "pot_matmul_int"](func), tmp_path, monkeypatch)
-    _check_pot(kind, _run(lib, args, want.shape, dtype, cuda.device()), want)
+    twin = GPU_KERNELS["pot_matmul_float" if kind == "float" else "pot_matmul_int"](func)
+    lib, dev = _twin(where, twin, tmp_path, monkeypatch)
+    _check_pot(kind, _run(lib, args, want.shape, dtype, dev), want)
 
 
-@needs_gpu
+@pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("shape", [(1, 200, 300, 3, 64), (37, 130, 70, 2, 24), (128, 512, 256, 4, 128)])
-def test_bcq_twin_runs_on_the_gpu(shape, tmp_path, monkeypatch):
+def test_bcq_twin_runs_as_cuda(where, shape, tmp_path, monkeypatch):
     x, bq = _bcq_case(*shape, seed=8)
-    lib = _on_gpu(GPU_KERNELS["bcq_matmul_lut"](sa.bcq_matmul_lut(*shape)), tmp_path, monkeypatch)
-    assert _rel(_bcq_twin_output(lib, x, bq, cuda.device()), sam.bcq_matmul_ref(x, bq)) <= 1e-6
+    lib, dev = _twin(where, GPU_KERNELS["bcq_matmul_lut"](sa.bcq_matmul_lut(*shape)), tmp_path, monkeypatch)
+    assert _rel(_bcq_twin_output(lib, x, bq, dev), sam.bcq_matmul_ref(x, bq)) <= 1e-6
 
 
-@needs_gpu
+@pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("variant", ["angular", "castling"])
 @pytest.mark.parametrize("shape", [(1, 3, 197, 64), (2, 2, 37, 19)])
-def test_linear_attention_twin_runs_on_the_gpu(variant, shape, tmp_path, monkeypatch):
+def test_linear_attention_twin_runs_as_cuda(where, variant, shape, tmp_path, monkeypatch):
     b, h, n, d = shape
     q, k, v, bias = _attention_case(np.random.default_rng(4), b, h, n, d, "masked")
-    lib = _on_gpu(linear_attention_gpu(b, h, n, d, variant, True), tmp_path, monkeypatch)
-    got = _run(lib, [q, k, v, bias], q.shape, "float32", cuda.device())
+    lib, dev = _twin(where, linear_attention_gpu(b, h, n, d, variant, True), tmp_path, monkeypatch)
+    got = _run(lib, [q, k, v, bias], q.shape, "float32", dev)
     want = lam.linear_attention_reference(q, k, v, variant, False, 64, False, 1.0, bias, None)
     assert _rel(got, want) <= 1e-5
 
 
-@needs_gpu
+@pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("local,chunk", [(False, 64), (True, 32), (True, 7)])
 @pytest.mark.parametrize("shape", [(1, 3, 197, 64), (2, 2, 37, 19)])
-def test_causal_linear_attention_twin_runs_on_the_gpu(local, chunk, shape, tmp_path, monkeypatch):
+def test_causal_linear_attention_twin_runs_as_cuda(where, local, chunk, shape, tmp_path, monkeypatch):
     b, h, n, d = shape
     rng = np.random.default_rng(5)
     q, k, v, bias = _attention_case(rng, b, h, n, d, "masked")
     gate = rng.random((h, n)).astype(np.float32)
-    lib = _on_gpu(linear_attention_causal_gpu(b, h, n, d, True, local=local, chunk=chunk, scale=0.125), tmp_path,
-                  monkeypatch)
-    got = _run(lib, _causal_args(q, k, v, bias, gate, local), q.shape, "float32", cuda.device())
+    twin = linear_attention_causal_gpu(b, h, n, d, True, local=local, chunk=chunk, scale=0.125)
+    lib, dev = _twin(where, twin, tmp_path, monkeypatch)
+    got = _run(lib, _causal_args(q, k, v, bias, gate, local), q.shape, "float32", dev)
     want = lam.linear_attention_reference(q, k, v, "angular", True, chunk, local, 0.125, bias, gate)
     assert _rel(got, want) <= 1e-5
 
 
-@needs_gpu
+@pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("shape", [(1, 12, 5, 64), (2, 2, 3, 19)])
-def test_decode_twin_runs_on_the_gpu(shape, tmp_path, monkeypatch):
+def test_decode_twin_runs_as_cuda(where, shape, tmp_path, monkeypatch):
     b, h, n, d = shape
     rng = np.random.default_rng(6)
     q, k, v = (rng.standard_normal((b, h, n, d)).astype(np.float32) for _ in range(3))
-    lib = _on_gpu(linear_attention_decode_gpu(b, h, d), tmp_path, monkeypatch)
-    got, state = _decode_steps(lib, q, k, v, cuda.device())
+    lib, dev = _twin(where, linear_attention_decode_gpu(b, h, d), tmp_path, monkeypatch)
+    got, state = _decode_steps(lib, q, k, v, dev)
     _check_decode(got, state, q, k, v)
