@@ -1,7 +1,7 @@
 """How well do cost models rank schedules of tasks they never saw? Ours vs TVM's vs random.
 
     python -m accelc.benchmarks.bench_cost_model [--target cpu|sim] [--ablation] [--online 32]
-                                                 [--collect | --remeasure]
+                                                 [--pool] [--collect | --remeasure]
 
 Records: ``benchmarks/data/costmodel/<task>/`` (MetaSchedule JSON databases, gzipped; see
 ``accelc.schedules.tuning.dataset``): 16 zoo tasks x 96 candidates. ``--collect`` samples and
@@ -14,7 +14,10 @@ the zoo offloads), records in ``benchmarks/data/costmodel-sim/``, candidates fro
 space timed by the sim runner: cycles, deterministic, so the labels carry no timing noise.
 
 Leave-one-task-out: for each task, a model is trained on the records of all other tasks and
-ranks the held-out task's candidates. Metrics per held-out task (valid candidates only):
+ranks the held-out task's candidates. ``--pool`` adds a training pool to every model's training
+data (``benchmarks/data/costmodel-pool/``: 70 tasks x 32 candidates of the zoo's architectures
+at other sizes, ``dataset.POOL_VARIANTS``; never held out, none structurally equal to a
+benchmark task); ``--pool --collect`` collects it (about 10 minutes). Metrics per held-out task (valid candidates only):
 pairwise rank accuracy (fraction of pairs with different latencies ordered correctly; also over
 pairs > 10 % apart, less exposed to timing noise), and TenSet's top-k score (best latency in
 the task / best latency among the model's k highest-ranked candidates), k = 1, 5. Random is the
@@ -41,6 +44,7 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parent / "data" / "costmodel"
 DATA_SIM = Path(__file__).resolve().parent / "data" / "costmodel-sim"
+DATA_POOL = Path(__file__).resolve().parent / "data" / "costmodel-pool"
 CACHE = Path(os.path.expanduser("~/.cache/accelc/costmodel"))
 
 
@@ -193,11 +197,12 @@ def random_model(train, test, seed=0, draws=200):
 
 
 # -- experiments --------------------------------------------------------------------------------
-def leave_one_out(tasks, models: dict, log) -> dict:
+def leave_one_out(tasks, models: dict, log, pool=()) -> dict:
+    """Each task held out in turn; the models train on the others (and on ``pool``)."""
     table = {name: {} for name in models}
     for held in tasks:
         valid = held.subset(np.flatnonzero(held.valid))
-        train = [t for t in tasks if t is not held]
+        train = [t for t in tasks if t is not held] + list(pool)
         for name, fn in models.items():
             t0 = time.perf_counter()
             _, score = fn(train, valid)
@@ -206,7 +211,7 @@ def leave_one_out(tasks, models: dict, log) -> dict:
     return table
 
 
-def online(tasks, known: int, log, seed=0) -> dict:
+def online(tasks, known: int, log, seed=0, pool=()) -> dict:
     """The held-out task's first ``known`` records join the training data; rank the rest."""
     from accelc.schedules.tuning.cost_model import AccelcXGBModel
 
@@ -215,7 +220,7 @@ def online(tasks, known: int, log, seed=0) -> dict:
     for held in tasks:
         order = np.random.default_rng(seed).permutation(np.flatnonzero(held.valid))
         seen, rest = held.subset(order[:known]), held.subset(order[known:])
-        train = [t for t in tasks if t is not held]
+        train = [t for t in tasks if t is not held] + list(pool)
         with tempfile.TemporaryDirectory() as tmp:
             base, _ = ours(train, rest)
             base.save(str(Path(tmp) / "m.json"))
@@ -268,6 +273,9 @@ def main(argv=None) -> int:
     ap.add_argument("--remeasure", action="store_true", help="time the stored records again (slow)")
     ap.add_argument("--trials", type=int, default=96, help="candidates per task when collecting")
     ap.add_argument("--tasks", help="comma-separated task labels (default: all)")
+    ap.add_argument("--pool", action="store_true",
+                    help="train every model on the training pool too (dataset.POOL_VARIANTS: the zoo's "
+                         "architectures at other sizes; never held out); with --collect, collect the pool")
     ap.add_argument("--ablation", action="store_true", help="also other objectives and feature sets")
     ap.add_argument("--online", type=int, default=0, metavar="K",
                     help="also rank with K of the held-out task's own records known (warm start)")
@@ -275,7 +283,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sim = args.target == "sim"
     args.data = args.data or (DATA_SIM if sim else DATA)
-    args.out = args.out or args.data / "results.json"
+    args.out = args.out or args.data / ("results-pool.json" if args.pool else "results.json")
     kind = "sim" if sim else "llvm"
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     only = args.tasks.split(",") if args.tasks else None
@@ -283,12 +291,26 @@ def main(argv=None) -> int:
         from accelc.errors import UsageError
 
         raise UsageError("--remeasure: sim records are simulated cycles; timing them again changes nothing")
+    if sim and args.pool:
+        from accelc.errors import UsageError
+
+        raise UsageError("--pool: the training pool holds CPU tasks; the sim target has none")
     if sim and args.collect:
         from accelc.schedules.tuning import dataset
 
         work = CACHE / "sim-db"
         collect_sim(work, args.trials, only)
         dataset.pack(work, args.data, only=only)
+    elif args.collect and args.pool:
+        from accelc.schedules.tuning import dataset
+        from accelc.targets import cpu
+
+        _raise_priority()
+        work = CACHE / "pool-db"
+        target = cpu.host_target()
+        dataset.collect_all(work, target, trials=args.trials, tasks=dataset.pool_tasks(target, only))
+        dataset.pack(work, DATA_POOL, only=only)
+        return 0
     elif args.collect or args.remeasure:
         from accelc.schedules.tuning import dataset
         from accelc.targets import cpu
@@ -305,6 +327,10 @@ def main(argv=None) -> int:
     tasks = load(args.data, only=only, kind=kind)
     print(f"{len(tasks)} tasks, {sum(len(t.candidates) for t in tasks)} records "
           f"({sum(int(t.valid.sum()) for t in tasks)} valid), features in {time.perf_counter() - t0:.0f} s")
+    pool = []
+    if args.pool:
+        pool = [t for t in load(DATA_POOL, kind=kind) if t.valid.sum() >= 2]
+        print(f"training pool: {len(pool)} tasks, {sum(int(t.valid.sum()) for t in pool)} valid records")
 
     from accelc.schedules.tuning.features import CPU_NAMES, PER_STORE_LENGTH
 
@@ -330,15 +356,16 @@ def main(argv=None) -> int:
             "ours-target-only": lambda tr, te: ours(tr, te, cols=target_only),
             "tvm-xgb+our-features": lambda tr, te: tvm_xgb(tr, te, extractor=_accelc_features()),
         })
-    result = {"tasks": {t.name: {"records": len(t.candidates), "valid": int(t.valid.sum()),
+    result = {"pool": {"tasks": len(pool), "records": sum(int(t.valid.sum()) for t in pool)},
+              "tasks": {t.name: {"records": len(t.candidates), "valid": int(t.valid.sum()),
                                  "best_ms": float(t.latency.min() * 1e3)} for t in tasks}}
     print("leave-one-task-out (pairwise accuracy per held-out task):")
-    loo = leave_one_out(tasks, models, print)
+    loo = leave_one_out(tasks, models, print, pool=pool)
     print_table("held-out tasks", loo)
     result["leave_one_out"], result["mean"] = loo, summarize(loo)
     if args.online:
         print(f"\nonline: {args.online} of the held-out task's records known")
-        on = online(tasks, args.online, print)
+        on = online(tasks, args.online, print, pool=pool)
         print_table(f"held-out tasks, {args.online} own records known", on)
         result["online"], result["online_mean"] = on, summarize(on)
     from accelc.fileio import atomic_write

@@ -52,6 +52,23 @@ CPU_TASKS = (
     ("resnet_conv3x3_s2", "resnet-small", "fused_conv2d5_add5_relu31"),
 )
 
+#: The training pool: the zoo's architectures at other sizes (one block each), whose tasks
+#: only ever *train* a model (``bench_cost_model --pool``), never judge one. Their tasks are
+#: the same kinds as the benchmark's at other shapes, as a user's tuning-record library would
+#: hold; a task structurally equal to a benchmark task (or to an earlier pool task) is skipped.
+POOL_VARIANTS = {
+    "vit160": ("vit", {"image": 160, "dim": 256, "heads": 4, "depth": 1}),
+    "vit224p32": ("vit", {"image": 224, "patch": 32, "dim": 320, "heads": 5, "depth": 1}),
+    "bert256": ("bert", {"hidden": 256, "heads": 4, "intermediate": 1024, "seq": 96, "layers": 1}),
+    "bert512": ("bert", {"hidden": 512, "heads": 8, "intermediate": 2048, "seq": 48, "layers": 1}),
+    "gpt256": ("gpt2", {"dim": 256, "heads": 4, "seq": 96, "layers": 1}),
+    "res160": ("resnet", {"image": 160, "widths": (24, 48, 96, 192)}),
+    "res112": ("resnet", {"image": 112, "widths": (48, 96, 192, 384)}),
+}
+#: Pool tasks worth a cost model's time: at least this much work (layout-only tasks are skipped)
+#: and at most this much (so a bad candidate still runs in well under a second).
+POOL_MFLOP = (0.2, 120.0)
+
 _DB_FILES = ("database_workload.json", "database_tuning_record.json")
 FAILED_SECS = 1e10  # what MetaSchedule records for a candidate that did not build or run
 
@@ -84,8 +101,9 @@ class TaskRecords:
                 for secs, lat in zip(self.run_secs, self.latency)]
 
 
-def extract_tasks(model: str, target) -> list:
-    """MetaSchedule's tasks of a zoo model, after the CPU target's front passes."""
+def extract_tasks(model, target) -> list:
+    """MetaSchedule's tasks of a zoo model (a name, or an ONNX ``ModelProto``), after the CPU
+    target's front passes."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -93,10 +111,41 @@ def extract_tasks(model: str, target) -> list:
     from ...compiler.frontend import import_onnx
     from ...targets import cpu
 
-    mod = import_onnx(models.build(model)).mod
+    mod = import_onnx(models.build(model) if isinstance(model, str) else model).mod
     with target:
         fused = tvm.transform.Sequential(cpu.front_passes(target))(mod)
     return list(ms.relax_integration.extract_tasks(fused, target))
+
+
+def pool_tasks(target, only: list[str] | None = None) -> list[tuple[str, object]]:
+    """``[(label, ExtractedTask)]`` of the training pool (``POOL_VARIANTS``): every task of each
+    variant that ``accelc tune`` would tune, within ``POOL_MFLOP``, and structurally unlike
+    every benchmark task and every earlier pool task. Labels are ``<variant>.<task name>``."""
+    import tvm_ffi
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from ...models import bert, gpt2, resnet, vit
+
+    builders = {"vit": (vit.build_vit, vit.ViTConfig), "bert": (bert.build_bert, bert.BertConfig),
+                "gpt2": (gpt2.build_gpt2, gpt2.GPT2Config), "resnet": (resnet.build_resnet, resnet.ResNetConfig)}
+
+    def key(task):
+        return str(tvm_ffi.structural_hash(task.dispatched[0]))
+
+    seen = {key(t) for _, t in select_tasks(target)}
+    out = []
+    for variant, (module, kwargs) in POOL_VARIANTS.items():
+        build, cfg_cls = builders[module]
+        for task in extract_tasks(build(cfg_cls(**kwargs)), target):
+            func = task.dispatched[0]
+            mflop = float(estimate_tir_flops(func)) / 1e6
+            label = f"{variant}.{task.task_name}"
+            if (func.attrs.get("tirx.is_scheduled", False) or not POOL_MFLOP[0] <= mflop <= POOL_MFLOP[1]
+                    or key(task) in seen or (only is not None and label not in only)):
+                continue
+            seen.add(key(task))
+            out.append((label, task))
+    return out
 
 
 def select_tasks(target, spec=CPU_TASKS, only: list[str] | None = None) -> list[tuple[str, object]]:
@@ -157,12 +206,13 @@ def collect_task(label: str, task, work_dir: Path, trials: int, seed: int = 0,
 
 
 def collect_all(work_dir: Path, target, trials: int = 96, seed: int = 0, only: list[str] | None = None,
-                log=print) -> dict:
-    """``collect_task`` for every task of ``CPU_TASKS`` (or ``only``); a task whose database
-    already holds ``trials`` records is kept, so an interrupted collection resumes."""
+                log=print, tasks: list | None = None) -> dict:
+    """``collect_task`` for every task of ``CPU_TASKS`` (or ``only``, or the given ``[(label,
+    task)]``); a task whose database already holds ``trials`` records is kept, so an
+    interrupted collection resumes."""
     work_dir = Path(work_dir)
     info = {}
-    for label, task in select_tasks(target, only=only):
+    for label, task in tasks if tasks is not None else select_tasks(target, only=only):
         have = task_dir_count(work_dir / label)
         t0 = time.perf_counter()
         if have < trials:
