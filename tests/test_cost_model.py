@@ -319,3 +319,25 @@ def test_every_benchmark_task_still_exists():
     got = select_tasks(host_target(num_cores=1), spec=spec)
     assert [label for label, _ in got] == [t[0] for t in spec]
     assert all(task.dispatched for _, task in got)
+
+
+def test_training_pool_never_holds_a_benchmark_task():
+    """The stored pool (``benchmarks/data/costmodel-pool``) trains models that are judged on the
+    benchmark's tasks (``benchmarks/data/costmodel``): no pool workload may equal a benchmark
+    workload, or a held-out task would have been seen in training."""
+    import tvm_ffi
+
+    from accelc.benchmarks.bench_cost_model import DATA, DATA_POOL
+    from accelc.schedules.tuning import dataset
+
+    def workloads(data_dir):
+        out = {}
+        for name in dataset.task_names(data_dir):
+            (rec, *_) = dataset.open_database(data_dir / name).get_all_tuning_records()
+            out[name] = str(tvm_ffi.structural_hash(rec.workload.mod))
+        return out
+
+    bench, pool = workloads(DATA), workloads(DATA_POOL)
+    assert len(bench) == 16 and len(pool) == 70
+    assert not set(bench.values()) & set(pool.values())
+    assert len(set(pool.values())) == len(pool)  # no task twice in the pool either
