@@ -134,6 +134,19 @@ def test_declines_what_it_cannot_run():
     assert int8_gemm.schedule(te.create_prim_func([a, b, c]), cuda.target("sm_90")) is None
 
 
+def test_matmul_rule_falls_back_to_simt_when_tensorize_fails(monkeypatch):
+    """If TVM refuses the dp4a tensorization, the int8 GEMM still gets a GPU schedule (dlight's
+    SIMT one), not a silent decline."""
+    from tvm.s_tir.tensor_intrin import dot_product_common
+
+    monkeypatch.setattr(dot_product_common, "DP4A_S8S8S32_INTRIN", "no_such_intrinsic")
+    target = cuda.target("sm_90")
+    func = i8.int8_matmul(197, 192, 576)
+    assert int8_gemm.schedule(func, target) is None
+    sch = Matmul().apply(func, target, False)
+    assert sch is not None and "__dp4a" not in sch.mod.script() and "threadIdx" in sch.mod.script()
+
+
 @needs_gpu
 def test_dp4a_gemm_on_the_gpu():
     """On a real GPU: DeiT's qkv-shaped int8 GEMM, bit-exact against NumPy."""
