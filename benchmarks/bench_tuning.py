@@ -25,7 +25,9 @@ and timed by ``LocalRunner`` (noisy on a shared machine: best-so-far is of noisy
 ``tvm-xgb-w0`` (``--models``) is the same model with no warm-up. ``xgb-warm`` (``--models``) is
 ours warm-started as ``accelc tune --cost-model-warm-start`` does it, from a model trained on the
 cost-model benchmark's records of every other task (never the task being tuned): transfer
-across tasks and models, which the stock model has no way to do.
+across tasks and models, which the stock model has no way to do. ``xgb-pool`` is the same, also
+trained on the cost-model training pool (``bench_cost_model --pool``: 66 more tasks, the zoo's
+architectures at other sizes).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ SIM_TASKS = (
 CPU_TASKS = ("vit_qkv", "resnet_conv3x3", "vit_scores", "bert_dense", "vit_layernorm", "gpt2_fc1_tanh",
              "minilm_fc2", "resnet_conv1x1_s2")
 MODELS = ("xgb", "tvm-xgb", "random")
-ALL_MODELS = MODELS + ("tvm-xgb-w0", "xgb-warm")
+ALL_MODELS = MODELS + ("tvm-xgb-w0", "xgb-warm", "xgb-pool")
 FAILED = 1e9  # MetaSchedule records 1e10 s for a candidate that failed to build or run
 
 
@@ -136,26 +138,31 @@ def cost_model(name: str, kind: str, seed: int, task: str | None = None, warm_di
 
     if name == "tvm-xgb-w0":
         return ms.cost_model.XGBModel(config=ms.cost_model.xgb_model.XGBConfig(seed=seed), num_warmup_samples=0)
-    if name == "xgb-warm":
-        return make_cost_model("xgb", kind, warm_start_file(task, kind, warm_dir), seed)
+    if name in ("xgb-warm", "xgb-pool"):
+        return make_cost_model("xgb", kind, warm_start_file(task, kind, warm_dir, pool=name == "xgb-pool"), seed)
     return make_cost_model(name, kind, None, seed)
 
 
-def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None) -> Path:
+def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None, pool: bool = False) -> Path:
     """``xgb-warm``: our model trained on the cost-model benchmark's records of every *other*
     task (``benchmarks/data/costmodel``, or ``costmodel-sim``; the task itself is left out, as
     in that benchmark's leave-one-task-out), saved as ``accelc tune --cost-model-warm-start``
-    takes it; written once per task into ``folder``."""
+    takes it; written once per task into ``folder``. ``pool`` (``xgb-pool``, CPU): the training
+    pool's records too (``benchmarks/data/costmodel-pool``, no task equal to a benchmark one)."""
     from tvm.s_tir.meta_schedule.utils import shash2hex
 
     from accelc.benchmarks import bench_cost_model as bcm
     from accelc.schedules.tuning.cost_model import AccelcXGBModel
 
-    path = Path(folder) / f"warm-{kind}-{task}.json"
+    if pool and kind == "sim":
+        raise UsageError("xgb-pool: the training pool holds CPU tasks; the sim target has none")
+    path = Path(folder) / f"warm-{kind}-{task}{'-pool' if pool else ''}.json"
     if path.is_file():
         return path
     data = data or (bcm.DATA_SIM if kind == "sim" else bcm.DATA)
     train = [t for t in _records(Path(data), kind) if t.name != task]
+    if pool:
+        train += [t for t in _records(bcm.DATA_POOL, kind) if t.valid.sum() >= 2]
     if not train:
         raise UsageError(f"xgb-warm: {data} holds no records of tasks other than {task}")
     model = AccelcXGBModel(kind)
@@ -166,7 +173,7 @@ def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None
     return path
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)
 def _records(data: Path, kind: str) -> tuple:
     """The cost-model benchmark's records with features, read once per run (every task's
     warm-start model trains on all but one of them)."""

@@ -143,3 +143,31 @@ def test_warm_start_model_leaves_the_tuned_task_out(tmp_path):
     (alone / "vit_qkv").symlink_to(data / "vit_qkv")
     with pytest.raises(UsageError, match="no records of tasks other than vit_qkv"):
         bt.warm_start_file("vit_qkv", "llvm", tmp_path / "x", data=alone)
+
+
+def test_pool_warm_start_adds_the_training_pool(tmp_path, monkeypatch):
+    """``xgb-pool`` trains on the other tasks *and* the training pool (here two of its tasks)."""
+    from pathlib import Path
+
+    from tvm.s_tir.meta_schedule.utils import shash2hex
+
+    from accelc.benchmarks import bench_cost_model as bcm
+    from accelc.schedules.tuning.cost_model import AccelcXGBModel
+
+    data = Path(__file__).parent / "data" / "costmodel"
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for name in ("bert256.fused_matmul_add31", "res160.max_pool2d1"):
+        (pool / name).symlink_to(bcm.DATA_POOL / name)
+    monkeypatch.setattr(bcm, "DATA_POOL", pool)
+    bt._records.cache_clear()
+    path = bt.warm_start_file("vit_qkv", "llvm", tmp_path, data=data, pool=True)
+    assert path.name == "warm-llvm-vit_qkv-pool.json"
+    model = AccelcXGBModel("llvm", warm_start=str(path))
+    pooled = {t.name: t for t in bcm.load(pool)}
+    assert len(model.groups) == 4  # bert_dense, minilm_fc2 and the two pool tasks
+    assert {shash2hex(t.context.mod) for t in pooled.values()} <= set(model.groups)
+    assert model.n_records == 128 + sum(int(t.valid.sum()) for t in pooled.values())
+    with pytest.raises(UsageError, match="pool holds CPU tasks"):
+        bt.warm_start_file("deit_qkv", "sim", tmp_path, pool=True)
+    bt._records.cache_clear()
