@@ -32,7 +32,6 @@ ranked on the rest. Takes about 20 minutes with both (TVM's model dominates).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -80,31 +79,10 @@ def metrics(latency, score) -> dict:
 
 # -- data ---------------------------------------------------------------------------------------
 def load(data_dir: Path, only=None, kind: str = "llvm"):
-    """Records of every task, with ``x``: ``AccelcFeatures`` aggregated as "stats" (per-store
-    mean, max, min; store count; target features), cached per task. ``_as`` narrows it."""
+    """Records of every task with their features (``dataset.load_with_features``)."""
     from accelc.schedules.tuning import dataset
-    from accelc.schedules.tuning.cost_model import aggregate
-    from accelc.schedules.tuning.features import FEATURE_VERSION, AccelcFeatures, PER_STORE_LENGTH
 
-    ext = AccelcFeatures(kind)
-    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, ext.names]).encode()).hexdigest()[:8]
-    tasks = dataset.load_all(data_dir, only=only)
-    n_target = len(ext.names) - PER_STORE_LENGTH
-    for t in tasks:
-        path = CACHE / "features" / f"{t.name}-{len(t.candidates)}-{_records_hash(t)}-{tag}.npz"
-        if path.is_file():
-            with np.load(path) as d:
-                t.x = d["x"]
-            continue
-        rows = ext.extract_from(t.context, t.candidates)
-        t.x = np.stack([aggregate(r.numpy(), n_target, "stats") for r in rows])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, x=t.x)
-    return tasks
-
-
-def _records_hash(task) -> str:
-    return hashlib.sha1(np.asarray(task.latency, "float64").tobytes()).hexdigest()[:8]
+    return dataset.load_with_features(data_dir, only=only, kind=kind)
 
 
 def collect_sim(work: Path, trials: int, only=None, log=print) -> None:
@@ -136,9 +114,9 @@ def collect_sim(work: Path, trials: int, only=None, log=print) -> None:
 # -- models under test --------------------------------------------------------------------------
 def _as(x, how="mean"):
     """"stats"-aggregated features as the model's aggregation wants them."""
-    from accelc.schedules.tuning.features import PER_STORE_LENGTH as P
+    from accelc.schedules.tuning.dataset import as_model_input
 
-    return x if how == "stats" else np.hstack([x[:, :P], x[:, 3 * P:]])
+    return as_model_input(x, how)
 
 
 def ours(train, test, **kw):

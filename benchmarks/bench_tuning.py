@@ -149,10 +149,8 @@ def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None
     in that benchmark's leave-one-task-out), saved as ``accelc tune --cost-model-warm-start``
     takes it; written once per task into ``folder``. ``pool`` (``xgb-pool``, CPU): the training
     pool's records too (``benchmarks/data/costmodel-pool``, no task equal to a benchmark one)."""
-    from tvm.s_tir.meta_schedule.utils import shash2hex
-
     from accelc.benchmarks import bench_cost_model as bcm
-    from accelc.schedules.tuning.cost_model import AccelcXGBModel
+    from accelc.schedules.tuning import dataset
 
     if pool and kind == "sim":
         raise UsageError("xgb-pool: the training pool holds CPU tasks; the sim target has none")
@@ -165,11 +163,7 @@ def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None
         train += [t for t in _records(bcm.DATA_POOL, kind) if t.valid.sum() >= 2]
     if not train:
         raise UsageError(f"xgb-warm: {data} holds no records of tasks other than {task}")
-    model = AccelcXGBModel(kind)
-    for t in train:
-        model.add(shash2hex(t.context.mod), bcm._as(t.x, model.aggregate), t.latency)
-    model.fit()
-    model.save(str(path))
+    dataset.train(train, kind).save(str(path))
     return path
 
 

@@ -537,6 +537,9 @@ def test_usage_and_target_errors(tuned, tmp_path, capsys):
     rc, _, err = run_main(capsys, "tune", tuned.model, "--cost-model", "random", "--cost-model-warm-start",
                           tuned.model, "--db", tmp_path / "x")
     assert_one_line_error(rc, err, "needs --cost-model xgb")
+    rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "sim", "--cost-model-warm-start", "bundled",
+                          "--db", tmp_path / "x")
+    assert_one_line_error(rc, err, "it needs -t cpu and --cost-model xgb")
     rc, _, err = run_main(capsys, "tune", tuned.model, "--tasks", "no_such_task", "--db", tmp_path / "x")
     assert_one_line_error(rc, err, "no tunable tasks matching --tasks no_such_task")
     assert not (tmp_path / "x").exists()
@@ -628,3 +631,28 @@ def test_cost_model_is_saved_and_the_next_run_warm_starts(tuned, tmp_path, capsy
         model = AccelcXGBModel("sim")
         model.load(str(saved))
         assert model.n_records == n
+
+
+def test_bundled_warm_start_trains_once_on_the_bundled_records(tmp_path, monkeypatch):
+    """``--cost-model-warm-start bundled``: a model of every bundled task's records (here the
+    test data's three tasks), trained once and then read from the cache."""
+    from pathlib import Path
+
+    from tvm.s_tir.meta_schedule.utils import shash2hex
+
+    from accelc.schedules.tuning import dataset
+    from accelc.schedules.tuning.cost_model import AccelcXGBModel
+
+    data = Path(__file__).parent / "data" / "costmodel"
+    monkeypatch.setattr(dataset, "BUNDLED", (data,))
+    monkeypatch.setattr(dataset, "CACHE", tmp_path / "cache")
+    said = []
+    path = dataset.bundled_warm_start(said.append)
+    assert path.parent == tmp_path / "cache" and path.is_file() and len(said) == 1
+    model = AccelcXGBModel("llvm", warm_start=str(path))
+    tasks = dataset.load_with_features(data)
+    assert set(model.groups) == {shash2hex(t.context.mod) for t in tasks}
+    assert model.n_records == sum(len(t.latency) for t in tasks)
+    stamp = path.stat().st_mtime_ns
+    assert dataset.bundled_warm_start(said.append) == path and len(said) == 1  # cached: not trained again
+    assert path.stat().st_mtime_ns == stamp

@@ -12,6 +12,9 @@ MeasureCandidate, latency)`` triples that any ``CostModel`` can be fed.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import os
 import shutil
 import tempfile
 import time
@@ -70,6 +73,11 @@ POOL_VARIANTS = {
 POOL_MFLOP = (0.2, 120.0)
 
 _DB_FILES = ("database_workload.json", "database_tuning_record.json")
+#: Records shipped with accelc (package data): the cost-model benchmark's 16 zoo tasks and the
+#: training pool (``bench_cost_model``), measured on an AVX-512 host at 2 threads.
+BUNDLED = tuple(Path(__file__).resolve().parents[2] / "benchmarks" / "data" / d
+                for d in ("costmodel", "costmodel-pool"))
+CACHE = Path(os.path.expanduser("~/.cache/accelc/costmodel"))
 FAILED_SECS = 1e10  # what MetaSchedule records for a candidate that did not build or run
 
 
@@ -346,3 +354,74 @@ def load_all(data_dir: Path, only: list[str] | None = None) -> list[TaskRecords]
             raise UsageError(f"{data_dir}: no records for task(s) {', '.join(missing)}")
         names = [n for n in names if n in only]
     return [load_task(Path(data_dir) / n) for n in names]
+
+
+# -- features and trained models --------------------------------------------------------------
+def load_with_features(data_dir: Path, only: list[str] | None = None, kind: str = "llvm") -> list[TaskRecords]:
+    """Records of every task, with ``x``: ``AccelcFeatures`` aggregated as "stats" (per-store
+    mean, max, min; store count; target features), cached per task under ``CACHE``.
+    ``as_model_input`` narrows them to what a model's aggregation takes."""
+    from .cost_model import aggregate
+    from .features import FEATURE_VERSION, PER_STORE_LENGTH, AccelcFeatures
+
+    ext = AccelcFeatures(kind)
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, ext.names]).encode()).hexdigest()[:8]
+    tasks = load_all(data_dir, only=only)
+    n_target = len(ext.names) - PER_STORE_LENGTH
+    for t in tasks:
+        path = CACHE / "features" / f"{t.name}-{len(t.candidates)}-{records_hash(t)}-{tag}.npz"
+        if path.is_file():
+            with np.load(path) as d:
+                t.x = d["x"]
+            continue
+        rows = ext.extract_from(t.context, t.candidates)
+        t.x = np.stack([aggregate(r.numpy(), n_target, "stats") for r in rows])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, x=t.x)
+    return tasks
+
+
+def records_hash(task: TaskRecords) -> str:
+    return hashlib.sha1(np.asarray(task.latency, "float64").tobytes()).hexdigest()[:8]
+
+
+def as_model_input(x: np.ndarray, how: str = "mean") -> np.ndarray:
+    """"stats"-aggregated features as a model's aggregation wants them."""
+    from .features import PER_STORE_LENGTH as P
+
+    return x if how == "stats" else np.hstack([x[:, :P], x[:, 3 * P:]])
+
+
+def train(tasks: list[TaskRecords], kind: str = "llvm"):
+    """Our XGBoost model fitted on ``tasks`` (with features; tasks with < 2 valid records,
+    which rank nothing, are left out)."""
+    from tvm.s_tir.meta_schedule.utils import shash2hex
+
+    from .cost_model import AccelcXGBModel
+
+    model = AccelcXGBModel(kind)
+    for t in tasks:
+        if t.valid.sum() >= 2:
+            model.add(shash2hex(t.context.mod), as_model_input(t.x, model.aggregate), t.latency)
+    model.fit()
+    return model
+
+
+def bundled_warm_start(log=print) -> Path:
+    """A saved CPU model trained on every bundled record (``BUNDLED``: 82 tasks, ~3,600
+    records), for ``accelc tune --cost-model-warm-start bundled``. Trained once (about a
+    minute, mostly feature extraction) and kept under ``CACHE``."""
+    from .features import FEATURE_VERSION
+
+    names = [f"{d.name}/{n}" for d in BUNDLED for n in task_names(d)]
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, names]).encode()).hexdigest()[:10]
+    path = CACHE / f"bundled-llvm-{tag}.json"
+    if path.is_file():
+        return path
+    log(f"training the bundled cost model on {len(names)} tasks' records (once; cached in {CACHE})")
+    model = train([t for d in BUNDLED for t in load_with_features(d)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.json")
+    model.save(str(tmp))
+    os.replace(tmp, path)
+    return path

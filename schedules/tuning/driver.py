@@ -467,6 +467,10 @@ def _classes():
 
 
 # -- the driver ------------------------------------------------------------------------------
+#: ``--cost-model-warm-start`` value naming the model trained on accelc's bundled CPU records
+BUNDLED_WARM_START = "bundled"
+
+
 def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost_model: str = "xgb",
          warm_start=None, rpc: str | None = None, passes=(), input_shapes=None, calibration=None,
          fast_math: bool = True, target_options: dict | None = None, only=(), batch: int = 32,
@@ -481,10 +485,17 @@ def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost
         raise UsageError("--trials and --batch must be positive")
     if cost_model not in COST_MODELS:
         raise UsageError(f"unknown cost model '{cost_model}'; choose from {', '.join(COST_MODELS)}")
+    spec = targets.get(target)
+    if str(warm_start) == BUNDLED_WARM_START:
+        if cost_model != "xgb" or spec.name != "cpu":
+            raise UsageError(f"--cost-model-warm-start {BUNDLED_WARM_START}: a model of accelc's bundled CPU "
+                             "records; it needs -t cpu and --cost-model xgb")
+        from .dataset import bundled_warm_start
+
+        warm_start = bundled_warm_start(log)
     if warm_start is not None and (cost_model == "random" or not Path(warm_start).is_file()):
         raise UsageError(f"--cost-model-warm-start {warm_start}: " + (
             "needs --cost-model xgb or tvm-xgb" if cost_model == "random" else "no such file"))
-    spec = targets.get(target)
     tvm_target = tuning_target(spec.name, spec.make(**dict(target_options or {})))
     pipeline.check_passes(passes)
     db_dir = Path(db_dir)
