@@ -408,7 +408,7 @@ def train(tasks: list[TaskRecords], kind: str = "llvm"):
 
 
 def bundled_warm_start(log=print) -> Path:
-    """A saved CPU model trained on every bundled record (``BUNDLED``: 82 tasks, ~3,600
+    """A saved CPU model trained on every bundled record (``BUNDLED``: 86 tasks, ~3,600
     records), for ``accelc tune --cost-model-warm-start bundled``. Trained once (about a
     minute, mostly feature extraction) and kept under ``CACHE``."""
     from .features import FEATURE_VERSION
