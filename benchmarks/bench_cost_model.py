@@ -15,9 +15,10 @@ space timed by the sim runner: cycles, deterministic, so the labels carry no tim
 
 Leave-one-task-out: for each task, a model is trained on the records of all other tasks and
 ranks the held-out task's candidates. ``--pool`` adds a training pool to every model's training
-data (``benchmarks/data/costmodel-pool/``: 70 tasks x 32 candidates of the zoo's architectures
+data (``benchmarks/data/costmodel-pool/``: 106 tasks x 32 candidates of the zoo's architectures
 at other sizes, ``dataset.POOL_VARIANTS``; never held out, none structurally equal to a
-benchmark task); ``--pool --collect`` collects it (about 10 minutes). Metrics per held-out task (valid candidates only):
+benchmark task); ``--pool --collect`` collects it (about 17 minutes). Metrics per held-out task
+(valid candidates only):
 pairwise rank accuracy (fraction of pairs with different latencies ordered correctly; also over
 pairs > 10 % apart, less exposed to timing noise), and TenSet's top-k score (best latency in
 the task / best latency among the model's k highest-ranked candidates), k = 1, 5. Random is the

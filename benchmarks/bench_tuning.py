@@ -26,7 +26,7 @@ and timed by ``LocalRunner`` (noisy on a shared machine: best-so-far is of noisy
 ours warm-started as ``accelc tune --cost-model-warm-start`` does it, from a model trained on the
 cost-model benchmark's records of every other task (never the task being tuned): transfer
 across tasks and models, which the stock model has no way to do. ``xgb-pool`` is the same, also
-trained on the cost-model training pool (``bench_cost_model --pool``: 66 more tasks, the zoo's
+trained on the cost-model training pool (``bench_cost_model --pool``: 99 more tasks, the zoo's
 architectures at other sizes).
 """
 

@@ -468,7 +468,7 @@ def _add_tune_parser(sub) -> None:
                         "and the next run on DIR warm-starts from it")
     t.add_argument("--cost-model-warm-start", metavar="PATH",
                    help="start the cost model from this saved one; 'bundled' (-t cpu, xgb): from one trained "
-                        "on accelc's bundled CPU records (86 tasks; trained once, then cached)")
+                        "on accelc's bundled CPU records (122 tasks; trained once, then cached)")
     t.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on the RPC servers registered with this "
                    "TVM tracker under KEY (python -m tvm.exec.rpc_tracker / rpc_server)")
     t.add_argument("--tasks", action="append", default=[], metavar="SUBSTRING",

@@ -338,6 +338,6 @@ def test_training_pool_never_holds_a_benchmark_task():
         return out
 
     bench, pool = workloads(DATA), workloads(DATA_POOL)
-    assert len(bench) == 16 and len(pool) == 70
+    assert len(bench) == 16 and len(pool) == 106
     assert not set(bench.values()) & set(pool.values())
     assert len(set(pool.values())) == len(pool)  # no task twice in the pool either

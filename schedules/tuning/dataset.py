@@ -67,6 +67,10 @@ POOL_VARIANTS = {
     "gpt256": ("gpt2", {"dim": 256, "heads": 4, "seq": 96, "layers": 1}),
     "res160": ("resnet", {"image": 160, "widths": (24, 48, 96, 192)}),
     "res112": ("resnet", {"image": 112, "widths": (48, 96, 192, 384)}),
+    "vit96p8": ("vit", {"image": 96, "patch": 8, "dim": 192, "heads": 3, "depth": 1}),
+    "bert384s64": ("bert", {"hidden": 384, "heads": 6, "intermediate": 1536, "seq": 64, "layers": 1}),
+    "gpt512": ("gpt2", {"dim": 512, "heads": 8, "seq": 32, "layers": 1}),
+    "res96": ("resnet", {"image": 96, "widths": (16, 32, 64, 128)}),
 }
 #: Pool tasks worth a cost model's time: at least this much work (layout-only tasks are skipped)
 #: and at most this much (so a bad candidate still runs in well under a second).
@@ -408,7 +412,7 @@ def train(tasks: list[TaskRecords], kind: str = "llvm"):
 
 
 def bundled_warm_start(log=print) -> Path:
-    """A saved CPU model trained on every bundled record (``BUNDLED``: 86 tasks, ~3,600
+    """A saved CPU model trained on every bundled record (``BUNDLED``: 122 tasks, ~4,700
     records), for ``accelc tune --cost-model-warm-start bundled``. Trained once (about a
     minute, mostly feature extraction) and kept under ``CACHE``."""
     from .features import FEATURE_VERSION
