@@ -418,7 +418,8 @@ def bundled_warm_start(log=print) -> Path:
     from .features import FEATURE_VERSION
 
     names = [f"{d.name}/{n}" for d in BUNDLED for n in task_names(d)]
-    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, names]).encode()).hexdigest()[:10]
+    sizes = [sum(f.stat().st_size for f in (d / n).iterdir()) for d in BUNDLED for n in task_names(d)]
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, names, sizes]).encode()).hexdigest()[:10]  # records changed
     path = CACHE / f"bundled-llvm-{tag}.json"
     if path.is_file():
         return path
