@@ -42,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parent / "data" / "costmodel"
+from accelc.schedules.tuning.dataset import BUNDLED, CACHE
+
+DATA, DATA_POOL = BUNDLED  # the benchmark's 16 tasks, the training pool
 DATA_SIM = Path(__file__).resolve().parent / "data" / "costmodel-sim"
-DATA_POOL = Path(__file__).resolve().parent / "data" / "costmodel-pool"
-CACHE = Path(os.path.expanduser("~/.cache/accelc/costmodel"))
 
 
 # -- metrics ------------------------------------------------------------------------------------

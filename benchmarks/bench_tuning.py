@@ -160,7 +160,7 @@ def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None
     data = data or (bcm.DATA_SIM if kind == "sim" else bcm.DATA)
     train = [t for t in _records(Path(data), kind) if t.name != task]
     if pool:
-        train += [t for t in _records(bcm.DATA_POOL, kind) if t.valid.sum() >= 2]
+        train += _records(bcm.DATA_POOL, kind)
     if not train:
         raise UsageError(f"xgb-warm: {data} holds no records of tasks other than {task}")
     dataset.train(train, kind).save(str(path))

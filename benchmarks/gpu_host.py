@@ -29,9 +29,9 @@ weights package is missing), the rewrites ``deit-tiny+linearize``, ``gpt2-like+l
 and ``deit-tiny+shift-add`` (``DEFAULT_REWRITES``), ``gemm-fp32-1024`` (1024³ fp32) and
 ``gemm-fp16-4096`` (4096³, fp16 in, fp32 accumulate and out) and ``gemm-int8-1024`` (int8 in,
 int32 out, bit-exact: the ``__dp4a`` schedule against cuBLAS's int8 GEMM). Other names:
-``gemm-fp32-N``, ``gemm-fp16-MxNxK``, ``gemm-int8-MxNxK``, ``mlp-tiny`` (a 16→32→8 MLP, for self-tests), and ``MODEL+PASS[+PASS…]``
-(a zoo model through accelc's passes, e.g. ``bert-encoder+shift-add:terms=2``; no commas:
-``--cases`` splits on them). A rewrite case's reference is accelc's CPU build of the same
+``gemm-fp32-N``, ``gemm-fp16-MxNxK``, ``gemm-int8-MxNxK``, ``mlp-tiny`` (a 16→32→8 MLP, for
+self-tests), and ``MODEL+PASS[+PASS…]`` (a zoo model through accelc's passes, e.g.
+``bert-encoder+shift-add:terms=2``; no commas: ``--cases`` splits on them). A rewrite case's reference is accelc's CPU build of the same
 rewrite; its fidelity against onnxruntime on the original model is measured here and carried
 along, and the runner reports its speed-up over the original model when both ran.
 
@@ -138,6 +138,13 @@ def parse_rewrite(name: str) -> tuple[str, list[str]] | None:
     if not model or not specs:
         raise PackError(f"case '{name}': expected MODEL+PASS[+PASS...] (e.g. deit-tiny+linearize)")
     return model, specs
+
+
+def _unknown_case(name: str) -> str:
+    from accelc import models as zoo
+
+    return (f"unknown case '{name}': a zoo model ({', '.join(zoo.names())}), MODEL+PASS[+PASS...], "
+            "gemm-fp32-N, gemm-fp16-MxNxK, gemm-int8-N or mlp-tiny")
 
 
 def parse_gemm(name: str) -> tuple[str, int, int, int] | None:
@@ -267,8 +274,7 @@ def build_case(name: str, target: str, arch: str | None, stage: Path, full_limit
             proto, feeds = zoo.build(name), zoo.example_inputs(name)
             kind = "onnx-zoo"
         else:
-            raise PackError(f"unknown case '{name}': a zoo model ({', '.join(zoo.names())}), "
-                            "MODEL+PASS[+PASS...], gemm-fp32-N, gemm-fp16-MxNxK, gemm-int8-N or mlp-tiny")
+            raise PackError(_unknown_case(name))
         imported = import_onnx(proto)
         cm = _compile(imported, target, arch)
         feeds = {s.name: np.asarray(feeds[s.name]) for s in cm.meta.inputs}
@@ -558,8 +564,7 @@ def pack(out: str | os.PathLike, arch: str | None = "sm_90", cases: list[str] | 
             if rewrite:
                 _check_rewrite(name, *rewrite)
             elif name not in zoo.names():
-                raise PackError(f"unknown case '{name}': a zoo model ({', '.join(zoo.names())}), "
-                                "MODEL+PASS[+PASS...], gemm-fp32-N, gemm-fp16-MxNxK, gemm-int8-N or mlp-tiny")
+                raise PackError(_unknown_case(name))
     wheel_path = fetch_wheel(host_python, log) if (wheel and runtime) else None
     for old in list(out.glob("bundle-*")) + [out / runner.MANIFEST]:
         old.unlink(missing_ok=True)  # never mix bundles of two packs

@@ -167,3 +167,54 @@ extern "C" void emu_launch(void** a) {{
         for a in args:
             assert a.flags.c_contiguous
         so.emu_launch(ptrs)
+
+
+# -- kernels to run: the CUDA C of a PrimFunc, emulated here or loaded on a GPU ----------------
+def kernel(func, arch: str = "sm_90") -> tuple[str, tuple, tuple]:
+    """The CUDA C that TVM generates for ``func`` (scheduled, one kernel) and its grid and block."""
+    import tvm
+
+    from accelc.targets import cuda
+    from accelc.targets.cuda import fatbin
+
+    target = cuda.target(arch)
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    grid, block = launch_dims(mod.script())
+    with target:
+        lib = tvm.tirx.build(mod, target=target)
+    (dev,) = [m for m in fatbin.cuda_modules(lib) if m.kind == "cuda"]
+    return dev.inspect_source("cuda"), grid, block
+
+
+class Emulated:
+    """``func``'s CUDA C for sm_90, run here by ``run``; called like a built module
+    (``lib["main"](*tensors)``, outputs written back into their tensors)."""
+
+    def __init__(self, func):
+        self.source, self.grid, self.block = kernel(func)
+        self.names = [p.name for p in func.params]
+
+    def __getitem__(self, _name):
+        return self._call
+
+    def _call(self, *tensors):
+        arrays = [t.numpy() for t in tensors]
+        run(self.source, self.grid, self.block, dict(zip(self.names, arrays)))
+        for t, a in zip(tensors, arrays):
+            t.copyfrom(a)
+
+
+def on_gpu(func, tmp_path, monkeypatch):
+    """``func`` built for the local GPU, exported with its fatbin and loaded back."""
+    import tvm
+
+    from accelc.targets import cuda
+    from accelc.targets.cuda import fatbin
+
+    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")  # NVRTC needs cuda-bindings
+    target = cuda.target()
+    with target:
+        lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    path = tmp_path / "kernel.so"
+    fatbin.export_library(lib, str(path), cuda.arch_of(target))
+    return tvm.runtime.load_module(str(path))

@@ -18,7 +18,6 @@ from tvm import relax
 from accelc.schedules import int8 as i8
 from accelc.schedules.cuda import Matmul, int8_gemm
 from accelc.targets import cuda
-from accelc.targets.cuda import fatbin
 
 from . import cuda_emu
 
@@ -26,15 +25,9 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++
 needs_gpu = pytest.mark.skipif(cuda.local_arch() is None, reason="no CUDA device on this machine")
 
 
-def _cuda(sch, target) -> tuple[str, tuple, tuple]:
-    """The CUDA C of a scheduled single-kernel PrimFunc and its launch extents."""
-    mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")
-                        .with_attr("tirx.is_scheduled", True)})
-    grid, block = cuda_emu.launch_dims(mod.script())
-    with target:
-        lib = tvm.tirx.build(mod, target=target)
-    (dev,) = [m for m in fatbin.cuda_modules(lib) if m.kind == "cuda"]
-    return dev.inspect_source("cuda"), grid, block
+def _cuda(sch) -> tuple[str, tuple, tuple]:
+    """The CUDA C (sm_90) of a scheduled GEMM and its launch extents."""
+    return cuda_emu.kernel(sch.mod["main"].with_attr("tirx.is_scheduled", True))
 
 
 def _relax_matmul(shape_a, shape_b):
@@ -60,7 +53,7 @@ def test_dp4a_gemm_matches_numpy_bit_exactly(m, k, n, dequantize):
     target = cuda.target("sm_90")
     sch = int8_gemm.schedule(i8.int8_matmul(m, k, n, dequantize=dequantize), target)
     assert sch is not None
-    src, grid, block = _cuda(sch, target)
+    src, grid, block = _cuda(sch)
     assert "__dp4a(" in src.split('extern "C" __global__')[-1]
     rng = np.random.default_rng(m * k + n)
     xq = rng.integers(-128, 128, (m, k), dtype=np.int8)
@@ -85,7 +78,7 @@ def test_dp4a_batched_matmul_from_relax_matches_numpy():
     func = _relax_matmul((2, 33, 64), (2, 64, 40))
     target = cuda.target("sm_90")
     sch = Matmul().apply(func, target, False)
-    src, grid, block = _cuda(sch, target)
+    src, grid, block = _cuda(sch)
     assert "__dp4a(" in src
     rng = np.random.default_rng(0)
     x = rng.integers(-128, 128, (2, 33, 64), dtype=np.int8)
@@ -99,8 +92,8 @@ def test_word_copies_only_where_rows_start_on_a_word():
     """K = 196: the activations are copied from global memory as 4-byte words; K = 147: as bytes
     (a word load there would be misaligned on the GPU); the shared rows are 36 bytes either way."""
     target = cuda.target("sm_90")
-    whole, _, _ = _cuda(int8_gemm.schedule(i8.int8_matmul(40, 196, 64), target), target)
-    ragged, _, _ = _cuda(int8_gemm.schedule(i8.int8_matmul(40, 147, 64), target), target)
+    whole, _, _ = _cuda(int8_gemm.schedule(i8.int8_matmul(40, 196, 64), target))
+    ragged, _, _ = _cuda(int8_gemm.schedule(i8.int8_matmul(40, 147, 64), target))
     assert re.search(r"\*\(int\*\)\(xq_ptr", whole)
     assert not re.search(r"\(int\*\)\(xq_ptr", ragged)
     assert "__dp4a(*(int*)(xq_reindex_pad_shared_ptr" in ragged  # shared words stay aligned
@@ -109,7 +102,7 @@ def test_word_copies_only_where_rows_start_on_a_word():
 def test_emulator_catches_a_wrong_kernel():
     """The emulation is a real check: the same kernel with one dot product off by one fails."""
     target = cuda.target("sm_90")
-    src, grid, block = _cuda(int8_gemm.schedule(i8.int8_matmul(16, 64, 48, dequantize=False), target), target)
+    src, grid, block = _cuda(int8_gemm.schedule(i8.int8_matmul(16, 64, 48, dequantize=False), target))
     head, kernel = src.split('extern "C" __global__', 1)  # the declaration, then the definition
     kernel = kernel.replace("__dp4a(", "off_by_one(", 1)
     rng = np.random.default_rng(1)
@@ -148,13 +141,11 @@ def test_matmul_rule_falls_back_to_simt_when_tensorize_fails(monkeypatch):
 
 
 @needs_gpu
-def test_dp4a_gemm_on_the_gpu():
+def test_dp4a_gemm_on_the_gpu(tmp_path, monkeypatch):
     """On a real GPU: DeiT's qkv-shaped int8 GEMM, bit-exact against NumPy."""
-    target = cuda.target()
     func = _relax_matmul((197, 192), (192, 576))
-    sch = Matmul().apply(func, target, False)
-    mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
-    lib = tvm.tirx.build(mod, target=target)
+    sch = Matmul().apply(func, cuda.target(), False)
+    lib = cuda_emu.on_gpu(sch.mod["main"].with_attr("tirx.is_scheduled", True), tmp_path, monkeypatch)
     dev = tvm.cuda(0)
     rng = np.random.default_rng(0)
     x = rng.integers(-128, 128, (197, 192), dtype=np.int8)

@@ -360,48 +360,11 @@ def test_linear_attention_twin_rejects_an_unknown_variant():
 WHERE = [pytest.param("gpu", marks=needs_gpu), "emulated-cuda"]
 
 
-def _on_gpu(func, tmp_path, monkeypatch):
-    """The twin built for the local GPU, exported with its fatbin and loaded back."""
-    from accelc.targets.cuda import fatbin
-
-    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")  # NVRTC needs cuda-bindings
-    target = cuda.target()
-    with target:
-        lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-    path = tmp_path / "twin.so"
-    fatbin.export_library(lib, str(path), cuda.arch_of(target))
-    return tvm.runtime.load_module(str(path))
-
-
-class _EmulatedCuda:
-    """The twin's CUDA C for sm_90, run on the host; called like a built module (``lib["main"]``)."""
-
-    def __init__(self, func):
-        from accelc.targets.cuda import fatbin
-
-        target = cuda.target("sm_90")
-        mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-        self.grid, self.block = cuda_emu.launch_dims(mod.script())
-        with target:
-            lib = tvm.tirx.build(mod, target=target)
-        (dev,) = [m for m in fatbin.cuda_modules(lib) if m.kind == "cuda"]
-        self.source, self.names = dev.inspect_source("cuda"), [p.name for p in func.params]
-
-    def __getitem__(self, _name):
-        return self._call
-
-    def _call(self, *tensors):
-        arrays = [t.numpy() for t in tensors]
-        cuda_emu.run(self.source, self.grid, self.block, dict(zip(self.names, arrays)))
-        for t, a in zip(tensors, arrays):
-            t.copyfrom(a)
-
-
 def _twin(where, func, tmp_path, monkeypatch):
     """(module, device) of the twin ``func`` for ``where``."""
     if where == "gpu":
-        return _on_gpu(func, tmp_path, monkeypatch), cuda.device()
-    return _EmulatedCuda(func), tvm.cpu()
+        return cuda_emu.on_gpu(func, tmp_path, monkeypatch), cuda.device()
+    return cuda_emu.Emulated(func), tvm.cpu()
 
 
 @pytest.mark.parametrize("where", WHERE)

@@ -141,21 +141,19 @@ def pool_tasks(target, only: list[str] | None = None) -> list[tuple[str, object]
     builders = {"vit": (vit.build_vit, vit.ViTConfig), "bert": (bert.build_bert, bert.BertConfig),
                 "gpt2": (gpt2.build_gpt2, gpt2.GPT2Config), "resnet": (resnet.build_resnet, resnet.ResNetConfig)}
 
-    def key(task):
-        return str(tvm_ffi.structural_hash(task.dispatched[0]))
-
-    seen = {key(t) for _, t in select_tasks(target)}
+    seen = {str(tvm_ffi.structural_hash(t.dispatched[0])) for _, t in select_tasks(target)}
     out = []
     for variant, (module, kwargs) in POOL_VARIANTS.items():
         build, cfg_cls = builders[module]
         for task in extract_tasks(build(cfg_cls(**kwargs)), target):
             func = task.dispatched[0]
+            key = str(tvm_ffi.structural_hash(func))
             mflop = float(estimate_tir_flops(func)) / 1e6
             label = f"{variant}.{task.task_name}"
             if (func.attrs.get("tirx.is_scheduled", False) or not POOL_MFLOP[0] <= mflop <= POOL_MFLOP[1]
-                    or key(task) in seen or (only is not None and label not in only)):
+                    or key in seen or (only is not None and label not in only)):
                 continue
-            seen.add(key(task))
+            seen.add(key)
             out.append((label, task))
     return out
 
@@ -415,18 +413,18 @@ def bundled_warm_start(log=print) -> Path:
     """A saved CPU model trained on every bundled record (``BUNDLED``: 122 tasks, ~4,700
     records), for ``accelc tune --cost-model-warm-start bundled``. Trained once (about a
     minute, mostly feature extraction) and kept under ``CACHE``."""
+    from ...fileio import atomic_write
     from .features import FEATURE_VERSION
 
-    names = [f"{d.name}/{n}" for d in BUNDLED for n in task_names(d)]
-    sizes = [sum(f.stat().st_size for f in (d / n).iterdir()) for d in BUNDLED for n in task_names(d)]
-    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, names, sizes]).encode()).hexdigest()[:10]  # records changed
+    dirs = [d / n for d in BUNDLED for n in task_names(d)]
+    # the task list and its files' sizes: records added or measured again train a new model
+    key = [(f"{p.parent.name}/{p.name}", sum(f.stat().st_size for f in p.iterdir())) for p in dirs]
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, key]).encode()).hexdigest()[:10]
     path = CACHE / f"bundled-llvm-{tag}.json"
     if path.is_file():
         return path
-    log(f"training the bundled cost model on {len(names)} tasks' records (once; cached in {CACHE})")
+    log(f"training the bundled cost model on {len(dirs)} tasks' records (once; cached in {CACHE})")
     model = train([t for d in BUNDLED for t in load_with_features(d)])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.json")
-    model.save(str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: model.save(str(tmp)))
     return path
