@@ -6,8 +6,10 @@
 Records: ``benchmarks/data/costmodel/<task>/`` (MetaSchedule JSON databases, gzipped; see
 ``accelc.schedules.tuning.dataset``): 16 zoo tasks x 96 candidates. ``--collect`` samples and
 times new ones (about 1 s per candidate on a quiet machine; resumable, cached in
-``~/.cache/accelc/costmodel``), ``--remeasure`` times the stored ones again; both run at raised
-scheduling priority and keep the fastest of 15 single runs.
+``~/.cache/accelc/costmodel``). ``--remeasure`` times the stored ones again for this machine,
+interleaved (``dataset.retime``: every candidate of a task built for the host target, loaded,
+and timed round-robin, fastest of 30 single runs; with ``--pool`` the pool too, about 35 minutes
+in all); the shipped records are timed that way. Both run at raised scheduling priority.
 
 ``--target sim``: the simulated accelerator's tasks (``bench_tuning.SIM_TASKS``, the int8 GEMMs
 the zoo offloads), records in ``benchmarks/data/costmodel-sim/``, candidates from the sim design
@@ -290,17 +292,24 @@ def main(argv=None) -> int:
         dataset.collect_all(work, target, trials=args.trials, tasks=dataset.pool_tasks(target, only))
         dataset.pack(work, DATA_POOL, only=only)
         return 0
-    elif args.collect or args.remeasure:
+    elif args.remeasure:
         from accelc.schedules.tuning import dataset
         from accelc.targets import cpu
 
         _raise_priority()
-        work = CACHE / ("db" if args.collect else "remeasured")
-        if args.collect:
-            dataset.collect_all(work, cpu.host_target(), trials=args.trials, only=only)
-        else:
-            for name in only or dataset.task_names(args.data):
-                dataset.remeasure(args.data / name, work)
+        target = cpu.host_target()
+        for data in (args.data, DATA_POOL) if args.pool else (args.data,):
+            work = CACHE / "retimed" / data.name
+            for name in only or dataset.task_names(data):
+                dataset.retime(data / name, work, target=target)
+            dataset.pack(work, data, only=only)
+    elif args.collect:
+        from accelc.schedules.tuning import dataset
+        from accelc.targets import cpu
+
+        _raise_priority()
+        work = CACHE / "db"
+        dataset.collect_all(work, cpu.host_target(), trials=args.trials, only=only)
         dataset.pack(work, args.data, only=only)
     t0 = time.perf_counter()
     tasks = load(args.data, only=only, kind=kind)
@@ -330,6 +339,7 @@ def main(argv=None) -> int:
             "ours-ndcg": lambda tr, te: ours(tr, te, objective="rank:ndcg"),
             "ours-regression": lambda tr, te: ours(tr, te, objective="reg:squarederror"),
             "ours-depth6": lambda tr, te: ours(tr, te, params={"max_depth": 6}),
+            "ours-depth3-eta0.1": lambda tr, te: ours(tr, te, params={"max_depth": 3, "eta": 0.1}, rounds=200),
             "ours-mean/max/min": lambda tr, te: ours(tr, te, aggregate="stats"),
             "ours-psf-only": lambda tr, te: ours(tr, te, cols=psf_only),
             "ours-target-only": lambda tr, te: ours(tr, te, cols=target_only),

@@ -77,6 +77,40 @@ def test_footprints_of_a_plain_matmul():
     assert prog.io_bytes == 3 * 64 * 64 * 4 and prog.scratch_bytes == 0
 
 
+def test_footprints_in_cache_lines():
+    """``line=64``: a walk down a column touches a cache line per element; a row, its bytes
+    rounded up to whole lines; the whole-row regions of a loop stay exact."""
+    prog = F.parse(tvm.IRModule({"main": _matmul()}))
+    (blk,) = prog.blocks
+    fp = F.footprints(blk, 64)
+    # the k loop: a row of A (256 B, 4 lines), a column of B (64 elements, 64 lines), one C (1 line)
+    assert fp[2] == 64 * 4 + 64 * 64 + 64
+    assert fp[3] == 3 * 64  # one iteration: three lines
+    assert fp[0] == 3 * 64 * 64 * 4  # whole matrices: rows are contiguous
+    assert F.footprints(blk) == F.footprints(blk, 1)  # the default counts bytes (the sim's DMA)
+
+
+def test_the_loop_llvm_vectorizes_by_itself_counts_as_vector():
+    """A serial innermost loop that walks the output contiguously is vectorized by LLVM; an
+    innermost float reduction (it would need reassociation) or a strided output is not."""
+    def feats(sch):
+        return dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX2)))
+
+    def order(*names):
+        sch = tvm.s_tir.Schedule(_matmul())
+        blk = sch.get_sblock("C")
+        loops = dict(zip("ijk", sch.get_loops(blk)))
+        sch.reorder(*(loops[n] for n in names))
+        return sch
+
+    ikj, ijk, kji = feats(order("i", "k", "j")), feats(order("i", "j", "k")), feats(order("k", "j", "i"))
+    assert ikj["auto_vec"] == 1.0 and ikj["vec_lanes"] == 1.0  # j: C and B by one element, A in place
+    assert ijk["auto_vec"] == 0.0 and ijk["vec_lanes"] == 0.125  # k innermost: a reduction
+    assert kji["auto_vec"] == 0.0 and kji["vec_lanes"] == 0.125  # i innermost: C walks a column
+    assert ikj["log_compute_per_op"] < ijk["log_compute_per_op"]
+    assert feats(_tiled(8))["auto_vec"] == 0.0  # the schedule's own vector loop
+
+
 def test_cpu_features_see_vector_width_parallelism_and_the_register_tile():
     def feats(sch):
         return dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX2)))
@@ -341,3 +375,76 @@ def test_training_pool_never_holds_a_benchmark_task():
     assert len(bench) == 16 and len(pool) == 106
     assert not set(bench.values()) & set(pool.values())
     assert len(set(pool.values())) == len(pool)  # no task twice in the pool either
+
+
+def test_retime_times_every_candidate_interleaved_and_keeps_failures(tmp_path, monkeypatch):
+    """``dataset.retime``: the same traces, every valid candidate timed ``rounds x runs`` times,
+    round-robin (a candidate's visits are spread over the whole timing, not back to back), the
+    failed ones kept failed, the new target recorded; a finished task is not timed again."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.schedules.tuning import dataset
+    from accelc.targets import cpu
+
+    src = dataset.open_database(DATA / "bert_dense")
+    recs = list(src.get_all_tuning_records())[:4]
+    small = tmp_path / "src" / "bert_dense"
+    small.mkdir(parents=True)
+    db = ms.database.JSONDatabase(work_dir=str(small))
+    wl = db.commit_workload(recs[0].workload.mod)
+    for i, rec in enumerate(recs):
+        secs = [dataset.FAILED_SECS] if i == 2 else rec.run_secs
+        db.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, secs, rec.target, rec.args_info))
+    del db
+
+    order = []
+    real_load = tvm.runtime.load_module
+
+    def load(path):  # tag each loaded module's timer with its candidate, to see the visit order
+        mod = real_load(path)
+        index = len(order_of)
+        order_of.append(index)
+        real_timer = mod.time_evaluator
+
+        def timer(*a, **kw):
+            inner = real_timer(*a, **kw)
+            return lambda *args: (order.append(index), inner(*args))[1]
+
+        return type("M", (), {"entry_name": mod.entry_name, "time_evaluator": staticmethod(timer)})()
+
+    order_of = []
+    monkeypatch.setattr(tvm.runtime, "load_module", load)
+    target = cpu.host_target()
+    assert dataset.retime(small, tmp_path / "out", target=target, rounds=3, runs=2, log=lambda *_: None) == 4
+    got = {str(r.trace): r for r in dataset.open_database(tmp_path / "out" / "bert_dense").get_all_tuning_records()}
+    got = [got[str(r.trace)] for r in recs]  # the same traces (the database orders them by speed)
+    assert [len(r.run_secs) for r in got] == [6, 6, 1, 6]
+    assert float(got[2].run_secs[0]) == dataset.FAILED_SECS
+    assert all(0 < float(s) < 1 for i in (0, 1, 3) for s in got[i].run_secs)
+    assert {str(r.target) for r in got} == {str(target)}
+    visits = order[3:]  # after one warm-up call each: 3 rounds over the 3 valid candidates
+    assert len(visits) == 9 and all(sorted(visits[r * 3:r * 3 + 3]) == [0, 1, 2] for r in range(3))
+
+    import accelc.schedules.tuning as tuning
+
+    monkeypatch.setattr(tuning, "local_builder", lambda *a, **k: pytest.fail("a finished task was built again"))
+    assert dataset.retime(small, tmp_path / "out", target=target, log=lambda *_: None) == 4
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_sim_records_load_in_a_fresh_process():
+    """The sim records' traces name the sim machine's tensor intrinsics; a process that has not
+    registered them must still read the records (``bench_cost_model --target sim`` without
+    ``--collect`` once failed with "TensorIntrin 'accel_gemm_32x32x32' is not registered")."""
+    import subprocess
+    import sys
+
+    code = ("from accelc.benchmarks.bench_cost_model import DATA_SIM\n"
+            "from accelc.schedules.tuning import dataset\n"
+            "t = dataset.load_task(DATA_SIM / 'deit_fc1')\n"
+            "print(len(t.candidates), int(t.valid.sum()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n, valid = map(int, out.stdout.split())
+    assert n == 96 and valid >= 2

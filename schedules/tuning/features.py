@@ -28,7 +28,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
 
-FEATURE_VERSION = 2  # bump when a feature changes meaning under the same name (new names are caught by name)
+FEATURE_VERSION = 3  # bump when a feature changes meaning under the same name (new names are caught by name)
 PER_STORE_LENGTH = 164
 _LAYOUT_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
@@ -275,24 +275,29 @@ def _count_ops(body) -> dict[str, int]:
 
 
 # -- footprints: the bytes a block touches inside each of its loops ----------------------------
-def footprints(block: Block) -> list[float]:
+def footprints(block: Block, line: int = 1) -> list[float]:
     """``fp[i]``: bytes the block touches in one execution of loop ``i`` (all its iterations,
-    outer loops fixed at their first value); ``fp[len(loops)]`` is one iteration's bytes."""
+    outer loops fixed at their first value); ``fp[len(loops)]`` is one iteration's bytes.
+    ``line``: count whole cache lines of that many bytes (a column walk touches a line per
+    element), not just the elements."""
     out = []
     for level in range(len(block.loops) + 1):
         env = [(lp.min, lp.min + (lp.extent - 1 if i >= level else 0)) for i, lp in enumerate(block.loops)]
-        out.append(_bytes(block, [_interval(b, env) for b in block.bindings]))
+        out.append(_bytes(block, [_interval(b, env) for b in block.bindings], line))
     return out
 
 
-def _bytes(block: Block, benv: list) -> float:
+def _bytes(block: Block, benv: list, line: int = 1) -> float:
     touched: dict[str, float] = {}
     for acc in block.accesses:
-        size = 1
+        sizes = []
         for dim, (start, extent) in zip(acc.shape, acc.dims):
             rng = _interval(start, benv)
-            size *= dim if rng is None else max(1, min(rng[1] - rng[0] + extent, dim))
-        touched[acc.buffer] = max(touched.get(acc.buffer, 0.0), size * acc.elem_bytes)
+            sizes.append(dim if rng is None else max(1, min(rng[1] - rng[0] + extent, dim)))
+        inner = sizes[-1] * acc.elem_bytes if sizes else acc.elem_bytes
+        if line > 1 and not (len(sizes) > 1 and sizes[-1] == acc.shape[-1]):  # rows not contiguous
+            inner = math.ceil(inner / line) * line
+        touched[acc.buffer] = max(touched.get(acc.buffer, 0.0), math.prod(sizes[:-1]) * inner)
     return sum(touched.values())
 
 
@@ -318,8 +323,10 @@ CPU_NAMES = (
     "vec_lanes", "vec_fill", "vec_gather", "par_per_core", "par_balance", "log_unroll_step",
     "log_acc_vectors", "acc_reg_pressure", "log_chain", "reduce_innermost", "log_inner_reduce",
     "log_innermost_trip", "log_unrolled", "stride0_frac", "stride1_frac", "stride_far_frac", "depth", "l1_fit_depth",
+    "auto_vec",
 )
 FMA_LATENCY, FMA_PORTS = 4, 2
+CACHE_LINE = 64
 L1_BW, L2_BW, L3_BW = 64.0, 32.0, 8.0  # bytes/cycle into L1 (from L2), L2 (from L3), L3 (DRAM)
 
 
@@ -338,6 +345,7 @@ class _Perf:
 
 def _perf(b: Block, info: TargetInfo) -> _Perf:
     vl = b.loops[-1] if b.loops and b.loops[-1].kind == 2 else None
+    vl = vl or _auto_vector_loop(b)
     max_lanes = max(info.vector_bits // b.out_bits, 1)
     lanes = min(vl.extent, max_lanes) if vl else 1.0
     par = math.prod(lp.extent for lp in b.loops if lp.kind == 1)
@@ -356,10 +364,25 @@ def _perf(b: Block, info: TargetInfo) -> _Perf:
     # + one cycle of loop overhead (increment, compare, branch) per trip of the innermost loop
     # that is not unrolled: unrolled and vector loops do not pay it per element
     compute = b.iterations / lanes * (ops * cycles_per_op + 1.0 / _unrolled(b)) / cores
-    fp = footprints(b)
+    fp = footprints(b, CACHE_LINE)
     traffic = tuple(traffic_into(b, fp, c) for c in info.cache_bytes)
     memory = (traffic[0] / L1_BW + traffic[1] / L2_BW) / cores + traffic[2] / L3_BW
     return _Perf(lanes, cores, acc / lanes, chain, compute, memory, traffic)
+
+
+def _auto_vector_loop(b: Block) -> Loop | None:
+    """The loop LLVM's loop vectorizer turns into vector code where the schedule vectorized
+    none: the innermost non-unit loop, when it is serial, spatial (a float reduction would need
+    reassociation, which LLVM does only under fast-math), walks the written buffer contiguously
+    and moves every read by 0 or 1 element."""
+    real = [i for i, lp in enumerate(b.loops) if lp.extent > 1]
+    if not real or not b.accesses or b.loops[real[-1]].kind != 0 or real[-1] in _reduce_loop_positions(b):
+        return None
+    loop = b.loops[real[-1]]
+    moves = _moves(b, loop)
+    if moves[-1] == 1 and all(m in (0, 1) for m in moves[:-1]):
+        return loop
+    return None
 
 
 def _unrolled(b: Block) -> int:
@@ -396,7 +419,7 @@ def cpu_features(prog: Program, info: TargetInfo) -> list[float]:
     real = [i for i, lp in enumerate(main.loops) if lp.extent > 1]
     innermost = [i for i in real if main.loops[i].kind != 2]
     strides = _innermost_strides(main, main.loops[real[-1]] if real else None)
-    fp = footprints(main)
+    fp = footprints(main, CACHE_LINE)
     depth = len(main.loops)
     compute, memory = sum(p.compute for p in perf), sum(p.memory for p in perf)
     cycles = sum(max(p.compute, p.memory) for p in perf)
@@ -414,6 +437,7 @@ def cpu_features(prog: Program, info: TargetInfo) -> list[float]:
         float(bool(real) and real[-1] in red), math.log2(main.loops[red[-1]].extent) if red else 0.0,
         math.log2(main.loops[innermost[-1]].extent) if innermost else 0.0, math.log2(_unrolled(main)),
         *strides, len(real), next((i for i in range(depth + 1) if fp[i] <= info.cache_bytes[0]), depth) / max(depth, 1),
+        float(vl is None and mp.lanes > 1),
     ]
 
 
@@ -489,7 +513,7 @@ def sim_features(prog: Program, info: TargetInfo) -> list[float]:
     if not blocks:
         return [0.0] * len(SIM_NAMES)
     main = max(blocks, key=lambda b: (b.is_reduction, b.work))
-    fp = footprints(main)
+    fp = footprints(main)  # the DMA engine moves exact bytes
     depth = len(main.loops)
     level = next((i for i in range(depth + 1) if fp[i] <= info.sim_scratchpad_bytes), depth)
     tiles = math.prod(lp.extent for lp in main.loops[:level])
