@@ -656,3 +656,14 @@ def test_bundled_warm_start_trains_once_on_the_bundled_records(tmp_path, monkeyp
     stamp = path.stat().st_mtime_ns
     assert dataset.bundled_warm_start(said.append) == path and len(said) == 1  # cached: not trained again
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_bundled_warm_start_is_not_trained_for_a_database_that_cannot_be(tuned, tmp_path, capsys, monkeypatch):
+    """The bundled model takes about a minute to train on first use: a bad ``--db`` is reported
+    before that, not after."""
+    from accelc.schedules.tuning import dataset
+
+    monkeypatch.setattr(dataset, "bundled_warm_start", lambda *a: pytest.fail("trained before the --db check"))
+    rc, _, err = run_main(capsys, "tune", tuned.model, "--cost-model-warm-start", "bundled",
+                          "--db", tmp_path / "no" / "db")
+    assert_one_line_error(rc, err, "does not exist")

@@ -486,14 +486,11 @@ def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost
     if cost_model not in COST_MODELS:
         raise UsageError(f"unknown cost model '{cost_model}'; choose from {', '.join(COST_MODELS)}")
     spec = targets.get(target)
-    if str(warm_start) == BUNDLED_WARM_START:
-        if cost_model != "xgb" or spec.name != "cpu":
-            raise UsageError(f"--cost-model-warm-start {BUNDLED_WARM_START}: a model of accelc's bundled CPU "
-                             "records; it needs -t cpu and --cost-model xgb")
-        from .dataset import bundled_warm_start
-
-        warm_start = bundled_warm_start(log)
-    if warm_start is not None and (cost_model == "random" or not Path(warm_start).is_file()):
+    bundled = str(warm_start) == BUNDLED_WARM_START
+    if bundled and (cost_model != "xgb" or spec.name != "cpu"):
+        raise UsageError(f"--cost-model-warm-start {BUNDLED_WARM_START}: a model of accelc's bundled CPU "
+                         "records; it needs -t cpu and --cost-model xgb")
+    if not bundled and warm_start is not None and (cost_model == "random" or not Path(warm_start).is_file()):
         raise UsageError(f"--cost-model-warm-start {warm_start}: " + (
             "needs --cost-model xgb or tvm-xgb" if cost_model == "random" else "no such file"))
     tvm_target = tuning_target(spec.name, spec.make(**dict(target_options or {})))
@@ -504,6 +501,10 @@ def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost
         # validate an existing database before anything slow; create a new one after the import
         if db_dir.exists() or not db_dir.parent.is_dir():
             tdb = open_database(db_dir, tvm_target, create=True)
+        if bundled:  # trained on first use (about a minute), so after the checks above
+            from .dataset import bundled_warm_start
+
+            warm_start = bundled_warm_start(log)
         comps = components(spec.name, tvm_target, rpc, fast_math)
         if comps["cost_kind"] in ("llvm", "cuda"):
             load_intrinsics(tvm_target.kind.name)
