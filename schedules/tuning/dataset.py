@@ -245,13 +245,14 @@ def retime(task_dir: Path, out_dir: Path, target=None, rounds: int = 10, runs: i
 
     ``LocalRunner`` times one candidate's repeats back to back, then the next candidate's, so on
     a shared machine whatever load the neighbours put on it during a candidate's second lands on
-    that candidate alone: two such timings of the same records agreed on 76-88 % of pairs, and
-    the first benchmark records were 1.6-3.9x slower than a re-timing, by a factor that varied
-    from candidate to candidate. Here every candidate is built (for ``target``; default: the
+    that candidate alone: two such timings of the same records an hour apart agreed on 76-88 %
+    of pairs (2026-11-23), and on this AVX-512 host one agrees with an interleaved timing on
+    94 % (85-100 % per task). Here every candidate is built (for ``target``; default: the
     records' own), all are loaded into this process, and they are timed round-robin: ``rounds``
     passes over all candidates in a fresh random order, ``runs`` single runs per visit. Each
     candidate's minimum is then taken over the same stretch of time as every other's; two
-    interleaved timings of a task agree on 99 % of pairs. Every run is kept (``run_secs``).
+    interleaved timings of a task an hour apart agree on 97-99 % of pairs. Every run is kept
+    (``run_secs``).
     Records that failed before, or no longer build, stay failed. The task's database appears
     whole or not at all (a task is the unit of resumption: one already in ``out_dir`` is kept).
     """
