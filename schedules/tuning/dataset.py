@@ -247,7 +247,7 @@ def retime(task_dir: Path, out_dir: Path, target=None, rounds: int = 10, runs: i
     a shared machine whatever load the neighbours put on it during a candidate's second lands on
     that candidate alone: two such timings of the same records an hour apart agreed on 76-88 %
     of pairs (2026-11-23), and on this AVX-512 host one agrees with an interleaved timing on
-    94 % (85-100 % per task). Here every candidate is built (for ``target``; default: the
+    94 % (85-99 % per task). Here every candidate is built (for ``target``; default: the
     records' own), all are loaded into this process, and they are timed round-robin: ``rounds``
     passes over all candidates in a fresh random order, ``runs`` single runs per visit. Each
     candidate's minimum is then taken over the same stretch of time as every other's; two
