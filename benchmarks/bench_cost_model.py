@@ -298,11 +298,19 @@ def main(argv=None) -> int:
 
         _raise_priority()
         target = cpu.host_target()
-        for data in (args.data, DATA_POOL) if args.pool else (args.data,):
+        dirs = {data: [n for n in dataset.task_names(data) if not only or n in only]
+                for data in ((args.data, DATA_POOL) if args.pool else (args.data,))}
+        missing = sorted(set(only or ()) - {n for names in dirs.values() for n in names})
+        if missing:
+            from accelc.errors import UsageError
+
+            raise UsageError(f"--tasks: no records for {', '.join(missing)} in {', '.join(map(str, dirs))}")
+        for data, names in dirs.items():  # --tasks picks from the benchmark's and (--pool) the pool's
             work = CACHE / "retimed" / data.name
-            for name in only or dataset.task_names(data):
+            for name in names:
                 dataset.retime(data / name, work, target=target)
-            dataset.pack(work, data, only=only)
+            if names:
+                dataset.pack(work, data, only=names)
     elif args.collect:
         from accelc.schedules.tuning import dataset
         from accelc.targets import cpu

@@ -398,13 +398,13 @@ def test_retime_times_every_candidate_interleaved_and_keeps_failures(tmp_path, m
         db.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, secs, rec.target, rec.args_info))
     del db
 
-    order = []
+    order, loaded = [], []  # the visit order; one entry per loaded module
     real_load = tvm.runtime.load_module
 
     def load(path):  # tag each loaded module's timer with its candidate, to see the visit order
         mod = real_load(path)
-        index = len(order_of)
-        order_of.append(index)
+        index = len(loaded)
+        loaded.append(index)
         real_timer = mod.time_evaluator
 
         def timer(*a, **kw):
@@ -413,7 +413,6 @@ def test_retime_times_every_candidate_interleaved_and_keeps_failures(tmp_path, m
 
         return type("M", (), {"entry_name": mod.entry_name, "time_evaluator": staticmethod(timer)})()
 
-    order_of = []
     monkeypatch.setattr(tvm.runtime, "load_module", load)
     target = cpu.host_target()
     assert dataset.retime(small, tmp_path / "out", target=target, rounds=3, runs=2, log=lambda *_: None) == 4

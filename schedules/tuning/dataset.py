@@ -260,23 +260,21 @@ def retime(task_dir: Path, out_dir: Path, target=None, rounds: int = 10, runs: i
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 
-    from . import load_intrinsics, local_builder
+    from . import local_builder
 
-    load_intrinsics("llvm")
-    records = list(open_database(task_dir).get_all_tuning_records())
+    records = list(open_database(task_dir).get_all_tuning_records())  # registers the intrinsics too
     dest = Path(out_dir) / Path(task_dir).name
     if task_dir_count(dest) == len(records):
         return len(records)
     target = target or records[0].target
-    ok = [rec.run_secs is not None and len(rec.run_secs) > 0 and min(float(s) for s in rec.run_secs) < FAILED_SECS / 10
-          for rec in records]
-    mods = []
-    for rec in records:
-        sch = tvm.s_tir.Schedule(rec.workload.mod)
-        rec.trace.apply_to_schedule(sch, remove_postproc=False)
-        mods.append(sch.mod)
-    todo = [i for i in range(len(records)) if ok[i]]
-    built = dict(zip(todo, local_builder().build([ms.builder.BuilderInput(mods[i], target) for i in todo])))
+    todo = [i for i, rec in enumerate(records)
+            if rec.run_secs and min(float(s) for s in rec.run_secs) < FAILED_SECS / 10]
+    inputs = []
+    for i in todo:
+        sch = tvm.s_tir.Schedule(records[i].workload.mod)
+        records[i].trace.apply_to_schedule(sch, remove_postproc=False)
+        inputs.append(ms.builder.BuilderInput(sch.mod, target))
+    built = dict(zip(todo, local_builder().build(inputs)))
     dev = tvm.cpu()
     fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
     timers = {}

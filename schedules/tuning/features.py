@@ -344,13 +344,13 @@ class _Perf:
 
 
 def _perf(b: Block, info: TargetInfo) -> _Perf:
+    red = _reduce_loop_positions(b)
     vl = b.loops[-1] if b.loops and b.loops[-1].kind == 2 else None
-    vl = vl or _auto_vector_loop(b)
+    vl = vl or _auto_vector_loop(b, red)
     max_lanes = max(info.vector_bits // b.out_bits, 1)
     lanes = min(vl.extent, max_lanes) if vl else 1.0
     par = math.prod(lp.extent for lp in b.loops if lp.kind == 1)
     cores = par / math.ceil(par / info.num_cores) if par > 1 else 1.0
-    red = _reduce_loop_positions(b)
     if red:
         inner = red[-1]
         acc = math.prod(lp.extent for lp in b.loops[inner + 1:])
@@ -370,13 +370,14 @@ def _perf(b: Block, info: TargetInfo) -> _Perf:
     return _Perf(lanes, cores, acc / lanes, chain, compute, memory, traffic)
 
 
-def _auto_vector_loop(b: Block) -> Loop | None:
+def _auto_vector_loop(b: Block, red: list[int]) -> Loop | None:
     """The loop LLVM's loop vectorizer turns into vector code where the schedule vectorized
     none: the innermost non-unit loop, when it is serial, spatial (a float reduction would need
     reassociation, which LLVM does only under fast-math), walks the written buffer contiguously
-    and moves every read by 0 or 1 element."""
+    and moves every read by 0 or 1 element. ``red``: the block's reduction loops
+    (``_reduce_loop_positions``)."""
     real = [i for i, lp in enumerate(b.loops) if lp.extent > 1]
-    if not real or not b.accesses or b.loops[real[-1]].kind != 0 or real[-1] in _reduce_loop_positions(b):
+    if not real or not b.accesses or b.loops[real[-1]].kind != 0 or real[-1] in red:
         return None
     loop = b.loops[real[-1]]
     moves = _moves(b, loop)
