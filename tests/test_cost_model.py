@@ -111,6 +111,34 @@ def test_the_loop_llvm_vectorizes_by_itself_counts_as_vector():
     assert feats(_tiled(8))["auto_vec"] == 0.0  # the schedule's own vector loop
 
 
+AVX512 = F.TargetInfo(num_cores=2, vector_bits=512, vector_regs=32, cache_bytes=(48 << 10, 2 << 20, 32 << 20))
+
+
+def test_llvm_vectorizes_the_loop_around_a_short_unrolled_reduction():
+    """i, k0, j, k1 (k = 8 x 8): LLVM unrolls the 8-trip k1 loop and vectorizes j, with its own
+    256-bit vectors even on AVX-512 (the attention-score schedules' fastest candidates
+    compile to ymm multiply-adds this way). A 64-trip k loop inside j stays a rolled
+    reduction, and a body TVM unrolled to 64 iterations is left alone too: neither is vector."""
+    def feats(sch):
+        return dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX512)))
+
+    def split_k(inner, unroll=0):
+        sch = tvm.s_tir.Schedule(_matmul())
+        blk = sch.get_sblock("C")
+        i, j, k = sch.get_loops(blk)
+        k0, k1 = sch.split(k, [None, inner])
+        sch.reorder(i, k0, j, k1)
+        if unroll:
+            sch.annotate(i, "pragma_auto_unroll_max_step", unroll)
+        return sch
+
+    short, long_, unrolled = feats(split_k(8)), feats(split_k(64)), feats(split_k(64, unroll=64))
+    assert short["auto_vec"] == 1.0 and short["vec_lanes"] == 0.5  # 8 lanes of AVX-512's 16
+    assert long_["auto_vec"] == 0.0 and long_["vec_lanes"] == 1 / 16
+    assert unrolled["auto_vec"] == 0.0 and unrolled["vec_lanes"] == 1 / 16
+    assert short["log_compute_per_op"] < long_["log_compute_per_op"]
+
+
 def test_cpu_features_see_vector_width_parallelism_and_the_register_tile():
     def feats(sch):
         return dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX2)))
@@ -124,6 +152,8 @@ def test_cpu_features_see_vector_width_parallelism_and_the_register_tile():
     assert by8["par_per_core"] == np.log2(64 / 2 + 1) and by8["par_balance"] == 1.0
     assert serial["par_per_core"] == np.log2(0.5 + 1) and serial["par_work_frac"] == 0.0
     assert by8["log_acc_vectors"] == 0.0 and by16["log_acc_vectors"] == 1.0  # 1 or 2 accumulator vectors
+    # the vector loop is one instruction: each accumulator takes all 64 k updates in a row
+    assert by8["log_chain"] == 6.0
     assert by8["log_inner_reduce"] == 6.0 and by8["reduce_innermost"] == 0.0  # k, outside the vector loop
     # fewer cycles per op with more independent accumulators, more lanes and both cores
     assert by16["log_compute_per_op"] < by8["log_compute_per_op"] < serial["log_compute_per_op"]

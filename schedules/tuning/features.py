@@ -28,7 +28,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
 
-FEATURE_VERSION = 3  # bump when a feature changes meaning under the same name (new names are caught by name)
+FEATURE_VERSION = 4  # bump when a feature changes meaning under the same name (new names are caught by name)
 PER_STORE_LENGTH = 164
 _LAYOUT_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
@@ -327,6 +327,14 @@ CPU_NAMES = (
 )
 FMA_LATENCY, FMA_PORTS = 4, 2
 CACHE_LINE = 64
+#: LLVM unrolls an innermost loop completely when the copies stay small (its O3 threshold: a
+#: few hundred instructions; a multiply-add with its loads and address arithmetic is ~8);
+#: trip counts of up to this many iterations get unrolled and leave the loop around them to
+#: the loop vectorizer. On the measured zoo schedules 32 and 64 rank alike.
+LLVM_UNROLL_TRIPS = 32
+#: LLVM's own vectors are 256 bits wide on AVX-512 cores (``prefer-vector-width=256``, seen as
+#: ymm registers in its output); a schedule's explicit vector loops use the full width.
+AUTO_VECTOR_BITS = 256
 L1_BW, L2_BW, L3_BW = 64.0, 32.0, 8.0  # bytes/cycle into L1 (from L2), L2 (from L3), L3 (DRAM)
 
 
@@ -346,15 +354,19 @@ class _Perf:
 def _perf(b: Block, info: TargetInfo) -> _Perf:
     red = _reduce_loop_positions(b)
     vl = b.loops[-1] if b.loops and b.loops[-1].kind == 2 else None
-    vl = vl or _auto_vector_loop(b, red)
-    max_lanes = max(info.vector_bits // b.out_bits, 1)
+    bits = info.vector_bits
+    if vl is None:
+        vl = _auto_vector_loop(b, red)
+        bits = min(bits, AUTO_VECTOR_BITS)
+    max_lanes = max(bits // b.out_bits, 1)
     lanes = min(vl.extent, max_lanes) if vl else 1.0
     par = math.prod(lp.extent for lp in b.loops if lp.kind == 1)
     cores = par / math.ceil(par / info.num_cores) if par > 1 else 1.0
     if red:
         inner = red[-1]
         acc = math.prod(lp.extent for lp in b.loops[inner + 1:])
-        spatial = [i for i, lp in enumerate(b.loops) if i not in red and lp.extent > 1]
+        # (a vector loop is one instruction: it does not break a chain of dependent updates)
+        spatial = [i for i, lp in enumerate(b.loops) if i not in red and lp.extent > 1 and lp is not vl]
         below = spatial[-1] + 1 if spatial else 0
         chain = math.prod(b.loops[i].extent for i in red if i >= below)
         cycles_per_op = FMA_LATENCY / min(max(acc / lanes, 1.0), FMA_LATENCY * FMA_PORTS)
@@ -372,17 +384,28 @@ def _perf(b: Block, info: TargetInfo) -> _Perf:
 
 def _auto_vector_loop(b: Block, red: list[int]) -> Loop | None:
     """The loop LLVM's loop vectorizer turns into vector code where the schedule vectorized
-    none: the innermost non-unit loop, when it is serial, spatial (a float reduction would need
-    reassociation, which LLVM does only under fast-math), walks the written buffer contiguously
-    and moves every read by 0 or 1 element. ``red``: the block's reduction loops
-    (``_reduce_loop_positions``)."""
-    real = [i for i, lp in enumerate(b.loops) if lp.extent > 1]
-    if not real or not b.accesses or b.loops[real[-1]].kind != 0 or real[-1] in red:
-        return None
-    loop = b.loops[real[-1]]
-    moves = _moves(b, loop)
-    if moves[-1] == 1 and all(m in (0, 1) for m in moves[:-1]):
-        return loop
+    none. LLVM first unrolls small innermost loops completely (TVM's ``pragma_auto_unroll_max_step``
+    does the same), so the loop it vectorizes is the innermost one not unrolled, or one of the
+    unrolled ones (its SLP vectorizer packs their copies): counting from the innermost, the
+    first loop that is serial, spatial (a float reduction would need reassociation, which LLVM
+    does only under fast-math), walks the written buffer contiguously and moves every read by
+    0 or 1 element, while the body inside it is at most ``LLVM_UNROLL_TRIPS`` iterations. So a
+    row of ``C[i, j] += A[i, k] * B[k, j]`` over j, with a short k loop inside it, is vector
+    code (checked in the assembly of the zoo's attention-score schedules). ``red``: the
+    block's reduction loops (``_reduce_loop_positions``)."""
+    step = max((lp.unroll_max_step for lp in b.loops), default=0)
+    body = 1
+    for i in reversed([i for i, lp in enumerate(b.loops) if lp.extent > 1]):
+        loop = b.loops[i]
+        if loop.kind == 2 or body > LLVM_UNROLL_TRIPS:
+            return None
+        if loop.kind in (0, 3) and i not in red and b.accesses:
+            moves = _moves(b, loop)
+            if moves[-1] == 1 and all(m in (0, 1) for m in moves[:-1]):
+                return loop
+        if loop.kind != 3 and body * loop.extent > max(LLVM_UNROLL_TRIPS, step):
+            return None  # the innermost loop left rolled: the vectorizer's candidate failed
+        body *= loop.extent
     return None
 
 
