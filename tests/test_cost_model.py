@@ -49,17 +49,24 @@ def _shift_mm(X: T.Buffer((64, 64), "int32"), E: T.Buffer((64, 64), "int8"), S: 
             Y[vi, vj] = Y[vi, vj] + T.Cast("int32", S[vr, vj]) * T.shift_left(X[vi, vr], T.Cast("int32", E[vr, vj]))
 
 
-def _tiled(vec=8, parallel=True):
-    """i, j/vec, k, j%vec (vectorized): the micro-kernel keeps ``vec`` accumulators live."""
+def _split_matmul(axis: str, inner: int):
+    """The plain matmul with loop ``axis`` (i, j or k) split by ``inner``: the schedule, its
+    block and its loops by name (the halves as ``axis + "0"`` and ``axis + "1"``)."""
     sch = tvm.s_tir.Schedule(_matmul())
     blk = sch.get_sblock("C")
-    i, j, k = sch.get_loops(blk)
-    jo, ji = sch.split(j, [None, vec])
-    sch.reorder(i, jo, k, ji)
+    loops = dict(zip("ijk", sch.get_loops(blk)))
+    loops[axis + "0"], loops[axis + "1"] = sch.split(loops[axis], [None, inner])
+    return sch, blk, loops
+
+
+def _tiled(vec=8, parallel=True):
+    """i, j/vec, k, j%vec (vectorized): the micro-kernel keeps ``vec`` accumulators live."""
+    sch, blk, lp = _split_matmul("j", vec)
+    sch.reorder(lp["i"], lp["j0"], lp["k"], lp["j1"])
     if parallel:
-        sch.parallel(i)
-    sch.vectorize(ji)
-    sch.decompose_reduction(blk, k)
+        sch.parallel(lp["i"])
+    sch.vectorize(lp["j1"])
+    sch.decompose_reduction(blk, lp["k"])
     return sch
 
 
@@ -123,13 +130,10 @@ def test_llvm_vectorizes_the_loop_around_a_short_unrolled_reduction():
         return dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX512)))
 
     def split_k(inner, unroll=0):
-        sch = tvm.s_tir.Schedule(_matmul())
-        blk = sch.get_sblock("C")
-        i, j, k = sch.get_loops(blk)
-        k0, k1 = sch.split(k, [None, inner])
-        sch.reorder(i, k0, j, k1)
+        sch, _, lp = _split_matmul("k", inner)
+        sch.reorder(lp["i"], lp["k0"], lp["j"], lp["k1"])
         if unroll:
-            sch.annotate(i, "pragma_auto_unroll_max_step", unroll)
+            sch.annotate(lp["i"], "pragma_auto_unroll_max_step", unroll)
         return sch
 
     short, long_, unrolled = feats(split_k(8)), feats(split_k(64)), feats(split_k(64, unroll=64))
