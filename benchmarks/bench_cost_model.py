@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accelc.errors import UsageError
 from accelc.schedules.tuning.dataset import BUNDLED, CACHE
 
 DATA, DATA_POOL = BUNDLED  # the benchmark's 16 tasks, the training pool
@@ -269,12 +270,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     only = args.tasks.split(",") if args.tasks else None
     if sim and args.remeasure:
-        from accelc.errors import UsageError
-
         raise UsageError("--remeasure: sim records are simulated cycles; timing them again changes nothing")
     if sim and args.pool:
-        from accelc.errors import UsageError
-
         raise UsageError("--pool: the training pool holds CPU tasks; the sim target has none")
     if sim and args.collect:
         from accelc.schedules.tuning import dataset
@@ -302,8 +299,6 @@ def main(argv=None) -> int:
                 for data in ((args.data, DATA_POOL) if args.pool else (args.data,))}
         missing = sorted(set(only or ()) - {n for names in dirs.values() for n in names})
         if missing:
-            from accelc.errors import UsageError
-
             raise UsageError(f"--tasks: no records for {', '.join(missing)} in {', '.join(map(str, dirs))}")
         for data, names in dirs.items():  # --tasks picks from the benchmark's and (--pool) the pool's
             work = CACHE / "retimed" / data.name

@@ -393,13 +393,15 @@ def _auto_vector_loop(b: Block, red: list[int]) -> Loop | None:
     row of ``C[i, j] += A[i, k] * B[k, j]`` over j, with a short k loop inside it, is vector
     code (checked in the assembly of the zoo's attention-score schedules). ``red``: the
     block's reduction loops (``_reduce_loop_positions``)."""
+    if not b.accesses:
+        return None
     step = max((lp.unroll_max_step for lp in b.loops), default=0)
     body = 1
     for i in reversed([i for i, lp in enumerate(b.loops) if lp.extent > 1]):
         loop = b.loops[i]
         if loop.kind == 2 or body > LLVM_UNROLL_TRIPS:
             return None
-        if loop.kind in (0, 3) and i not in red and b.accesses:
+        if loop.kind in (0, 3) and i not in red:
             moves = _moves(b, loop)
             if moves[-1] == 1 and all(m in (0, 1) for m in moves[:-1]):
                 return loop
