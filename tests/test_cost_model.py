@@ -163,6 +163,88 @@ def test_cpu_features_see_vector_width_parallelism_and_the_register_tile():
     assert by16["log_compute_per_op"] < by8["log_compute_per_op"] < serial["log_compute_per_op"]
 
 
+def _row_reduction(body: str, k: int = 64):
+    """C[i] = sum over k of ``body`` (of A[i, k]), k innermost: one accumulator, a chain of k
+    dependent adds."""
+    def light(a):
+        return a
+
+    def heavy(a):  # 3 adds and 2 exps: 13 instructions at 4 per special function
+        return T.exp(a) + T.exp(a + T.float32(1))
+
+    f = {"light": light, "heavy": heavy}[body]
+
+    @T.prim_func(s_tir=True)
+    def red(A: T.Buffer((64, k), "float32"), C: T.Buffer((64,), "float32")):
+        for i, r in T.grid(64, k):
+            with T.sblock("C"):
+                vi, vr = T.axis.remap("SR", [i, r])
+                with T.init():
+                    C[vi] = T.float32(0)
+                C[vi] = C[vi] + f(A[vi, vr])
+
+    return red
+
+
+def test_only_the_accumulating_add_waits_and_a_one_trip_reduction_carries_nothing():
+    """A chain of dependent adds costs the add's latency (4 cycles) per iteration; the rest of
+    the body issues at the core's rate (2 per cycle) meanwhile, so a heavy body costs its issue
+    time, not its issue time times the latency. A 1-trip reduction loop has no chain at all,
+    and a multiply feeding an add is one fused multiply-add."""
+    def update(func):
+        return next(b for b in F.parse(tvm.IRModule({"main": func})).blocks if b.name == "C")
+
+    light, heavy = update(_row_reduction("light")), update(_row_reduction("heavy"))
+    assert heavy.ops["special"] == 2 and heavy.ops["float"] == 5
+    # + 1 cycle of loop overhead per rolled iteration
+    assert F._perf(light, AVX2).compute == 64 * 64 * (F.FMA_LATENCY + 1)
+    assert F._perf(heavy, AVX2).compute == 64 * 64 * ((5 + 4 * 2) / F.FMA_PORTS + 1)
+    one = update(_row_reduction("light", k=1))
+    # (and LLVM vectorizes the i loop around it: 8 rows per instruction)
+    assert F._perf(one, AVX2).compute == 64 / 8 * (1 / F.FMA_PORTS + 1)
+    mm = F.parse(tvm.IRModule({"main": _matmul()})).blocks[-1]  # C += A * B: one FMA
+    assert F._perf(mm, AVX2).compute == 64 ** 3 * (F.FMA_LATENCY + 1)
+    (mm1,) = [b for b in F.parse(tvm.IRModule({"main": _matmul(1)})).blocks if b.is_reduction]
+    assert F._perf(mm1, AVX2).compute == 1 / F.FMA_PORTS + 1
+
+
+def _rowsum_in_the_column_loop(k: int):
+    """B[i, j] = A[i, j] / sum(A[i, :]) with the row sum placed inside the j loop (as
+    MetaSchedule's compute-at places it): the same k-term sum, once per j."""
+    @T.prim_func(s_tir=True)
+    def f(A: T.Buffer((64, k), "float32"), B: T.Buffer((64, k), "float32")):
+        S = T.sblock_alloc_buffer((64,))
+        for i in range(64):
+            for j in range(k):
+                for r in range(k):
+                    with T.sblock("S"):
+                        vi, vr = T.axis.remap("SR", [i, r])
+                        with T.init():
+                            S[vi] = T.float32(0)
+                        S[vi] = S[vi] + A[vi, vr]
+                with T.sblock("B"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    B[vi, vj] = A[vi, vj] / S[vi]
+
+    return tvm.s_tir.Schedule(f)
+
+
+def test_llvm_hoists_a_repeated_unrolled_reduction_out_of_the_loop_it_does_not_use():
+    """Once the k-term sum is straight-line code, LLVM's loop-invariant code motion computes
+    it once per row, not once per j (seen in the assembly of the zoo's softmax schedules): its
+    work counts once. Rolled (64 trips, not unrolled) it stays inside the j loop."""
+    def log_work(sch):
+        return dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX2)))["log_work"]
+
+    rolled, unrolled, short = _rowsum_in_the_column_loop(64), _rowsum_in_the_column_loop(64), _rowsum_in_the_column_loop(16)
+    sch = unrolled
+    sch.annotate(sch.get_loops(sch.get_sblock("B"))[0], "pragma_auto_unroll_max_step", 64)
+    # the sum, then the division (64 x 64)
+    assert log_work(rolled) == np.log2(64 * 64 * 64 + 64 * 64 + 1)
+    assert log_work(unrolled) == np.log2(64 * 64 + 64 * 64 + 1)
+    assert log_work(short) == np.log2(64 * 16 + 64 * 16 + 1)  # 16 trips: LLVM unrolls them
+
+
 def test_sim_features_count_tiles_mapping_and_shifts():
     sch = tvm.s_tir.Schedule(_shift_mm)
     i, j, r = sch.get_loops(sch.get_sblock("Y"))
