@@ -163,17 +163,17 @@ def test_cpu_features_see_vector_width_parallelism_and_the_register_tile():
     assert by16["log_compute_per_op"] < by8["log_compute_per_op"] < serial["log_compute_per_op"]
 
 
-def _row_reduction(body: str, k: int = 64):
-    """C[i] = sum over k of ``body`` (of A[i, k]), k innermost: one accumulator, a chain of k
+def _light(a):
+    return a
+
+
+def _heavy(a):  # 3 adds and 2 exps: 13 instructions at 4 per special function
+    return T.exp(a) + T.exp(a + T.float32(1))
+
+
+def _row_reduction(f, k: int = 64):
+    """C[i] = sum over k of ``f(A[i, k])``, k innermost: one accumulator, a chain of k
     dependent adds."""
-    def light(a):
-        return a
-
-    def heavy(a):  # 3 adds and 2 exps: 13 instructions at 4 per special function
-        return T.exp(a) + T.exp(a + T.float32(1))
-
-    f = {"light": light, "heavy": heavy}[body]
-
     @T.prim_func(s_tir=True)
     def red(A: T.Buffer((64, k), "float32"), C: T.Buffer((64,), "float32")):
         for i, r in T.grid(64, k):
@@ -194,12 +194,12 @@ def test_only_the_accumulating_add_waits_and_a_one_trip_reduction_carries_nothin
     def update(func):
         return next(b for b in F.parse(tvm.IRModule({"main": func})).blocks if b.name == "C")
 
-    light, heavy = update(_row_reduction("light")), update(_row_reduction("heavy"))
+    light, heavy = update(_row_reduction(_light)), update(_row_reduction(_heavy))
     assert heavy.ops["special"] == 2 and heavy.ops["float"] == 5
     # + 1 cycle of loop overhead per rolled iteration
     assert F._perf(light, AVX2).compute == 64 * 64 * (F.FMA_LATENCY + 1)
     assert F._perf(heavy, AVX2).compute == 64 * 64 * ((5 + 4 * 2) / F.FMA_PORTS + 1)
-    one = update(_row_reduction("light", k=1))
+    one = update(_row_reduction(_light, k=1))
     # (and LLVM vectorizes the i loop around it: 8 rows per instruction)
     assert F._perf(one, AVX2).compute == 64 / 8 * (1 / F.FMA_PORTS + 1)
     mm = F.parse(tvm.IRModule({"main": _matmul()})).blocks[-1]  # C += A * B: one FMA
@@ -236,9 +236,8 @@ def test_llvm_hoists_a_repeated_unrolled_reduction_out_of_the_loop_it_does_not_u
     def log_work(sch):
         return dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX2)))["log_work"]
 
-    rolled, unrolled, short = _rowsum_in_the_column_loop(64), _rowsum_in_the_column_loop(64), _rowsum_in_the_column_loop(16)
-    sch = unrolled
-    sch.annotate(sch.get_loops(sch.get_sblock("B"))[0], "pragma_auto_unroll_max_step", 64)
+    rolled, unrolled, short = (_rowsum_in_the_column_loop(k) for k in (64, 64, 16))
+    unrolled.annotate(unrolled.get_loops(unrolled.get_sblock("B"))[0], "pragma_auto_unroll_max_step", 64)
     # the sum, then the division (64 x 64)
     assert log_work(rolled) == np.log2(64 * 64 * 64 + 64 * 64 + 1)
     assert log_work(unrolled) == np.log2(64 * 64 + 64 * 64 + 1)

@@ -352,7 +352,7 @@ class _Perf:
 
 
 def _perf(b: Block, info: TargetInfo) -> _Perf:
-    red = _reduce_loop_positions(b)
+    red = [i for i in _reduce_loop_positions(b) if b.loops[i].extent > 1]  # a 1-trip loop carries nothing
     vl = b.loops[-1] if b.loops and b.loops[-1].kind == 2 else None
     bits = info.vector_bits
     if vl is None:
@@ -366,7 +366,6 @@ def _perf(b: Block, info: TargetInfo) -> _Perf:
     # special function (exp, floor, reinterpret…) counts as a few
     issue = max(1, b.ops["float"] + b.ops["int"] - min(b.ops["mul"], b.ops["float"] - b.ops["mul"]))
     issue += 4 * b.ops["special"]
-    red = [i for i in red if b.loops[i].extent > 1]  # a 1-trip reduction loop carries nothing
     if red:
         inner = red[-1]
         acc = math.prod(lp.extent for lp in b.loops[inner + 1:])
