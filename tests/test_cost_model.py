@@ -121,26 +121,63 @@ def test_the_loop_llvm_vectorizes_by_itself_counts_as_vector():
 AVX512 = F.TargetInfo(num_cores=2, vector_bits=512, vector_regs=32, cache_bytes=(48 << 10, 2 << 20, 32 << 20))
 
 
+def _split_k(inner, unroll=0, rows=1):
+    """i, k0, j, k1 (k split by ``inner``; with ``rows`` > 1: i0, k0, j, i1, k1, a block of
+    ``rows`` rows of C per j); ``unroll``: TVM's ``pragma_auto_unroll_max_step`` on the
+    outermost loop, with the init decomposed out of the loop nest as MetaSchedule's candidates
+    always have it (TVM counts an init left inside as a second statement per iteration and
+    unrolls half as far)."""
+    sch, blk, lp = _split_matmul("k", inner)
+    if rows > 1:
+        lp["i0"], lp["i1"] = sch.split(lp["i"], [None, rows])
+        sch.reorder(lp["i0"], lp["k0"], lp["j"], lp["i1"], lp["k1"])
+    else:
+        sch.reorder(lp["i"], lp["k0"], lp["j"], lp["k1"])
+    if unroll:
+        outer = lp["i0"] if rows > 1 else lp["i"]
+        sch.annotate(outer, "pragma_auto_unroll_max_step", unroll)
+        sch.annotate(outer, "pragma_unroll_explicit", 1)
+        sch.decompose_reduction(blk, lp["k0"])
+    return sch
+
+
 def test_llvm_vectorizes_the_loop_around_a_short_unrolled_reduction():
     """i, k0, j, k1 (k = 8 x 8): LLVM unrolls the 8-trip k1 loop and vectorizes j, with its own
     256-bit vectors even on AVX-512 (the attention-score schedules' fastest candidates
     compile to ymm multiply-adds this way). A 64-trip k loop inside j stays a rolled
-    reduction, and a body TVM unrolled to 64 iterations is left alone too: neither is vector."""
+    reduction: not vector. Once TVM unrolls those 64 trips, j is vector again (the DeiT
+    scores' 234 us candidates, ranked with the 1 ms scalar ones before); a body of 4 rows x 64
+    (256 multiply-adds) is more than LLVM's vectorizer takes (``LLVM_VECTORIZE_OPS``)."""
     def feats(sch):
         return dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX512)))
 
-    def split_k(inner, unroll=0):
-        sch, _, lp = _split_matmul("k", inner)
-        sch.reorder(lp["i"], lp["k0"], lp["j"], lp["k1"])
-        if unroll:
-            sch.annotate(lp["i"], "pragma_auto_unroll_max_step", unroll)
-        return sch
-
-    short, long_, unrolled = feats(split_k(8)), feats(split_k(64)), feats(split_k(64, unroll=64))
+    short, long_ = feats(_split_k(8)), feats(_split_k(64))
+    unrolled, four_rows = feats(_split_k(64, unroll=64)), feats(_split_k(64, unroll=256, rows=4))
     assert short["auto_vec"] == 1.0 and short["vec_lanes"] == 0.5  # 8 lanes of AVX-512's 16
     assert long_["auto_vec"] == 0.0 and long_["vec_lanes"] == 1 / 16
-    assert unrolled["auto_vec"] == 0.0 and unrolled["vec_lanes"] == 1 / 16
+    assert unrolled["auto_vec"] == 1.0 and unrolled["vec_lanes"] == 0.5
+    assert four_rows["auto_vec"] == 0.0 and four_rows["vec_lanes"] == 1 / 16
     assert short["log_compute_per_op"] < long_["log_compute_per_op"]
+    assert unrolled["log_compute_per_op"] < four_rows["log_compute_per_op"]
+
+
+def test_the_auto_vector_rule_matches_llvms_assembly():
+    """The rule above against the pinned TVM's LLVM itself: each schedule compiled for an
+    AVX-512 core, its multiply-adds counted in the assembly. Where the features say LLVM
+    vectorized a loop, the code has packed (ymm) multiply-adds; where they say it did not,
+    it has none. A newer LLVM that moves the limit fails here first."""
+    import re
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake", "num-cores": 2})
+    cases = {"k1 = 8": _split_k(8), "k1 = 64, rolled": _split_k(64), "k1 = 64, unrolled": _split_k(64, unroll=64),
+             "4 rows x 64, unrolled": _split_k(64, unroll=256, rows=4)}
+    for name, sch in cases.items():
+        vec = dict(zip(F.CPU_NAMES, F.cpu_features(F.parse(sch.mod), AVX512)))["auto_vec"]
+        asm = tvm.tirx.build(sch.mod, target=target).inspect_source("asm")
+        packed = len(re.findall(r"vfmadd\w+ps\s[^\n]*[yz]mm", asm))
+        scalar = len(re.findall(r"vfmadd\w+ss", asm))
+        assert scalar > 0, name  # the multiply-adds are there (the remainder, at least)
+        assert (packed > 0) == (vec == 1.0), (name, vec, packed, scalar)
 
 
 def test_cpu_features_see_vector_width_parallelism_and_the_register_tile():

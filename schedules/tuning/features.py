@@ -28,7 +28,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
 
-FEATURE_VERSION = 5  # bump when a feature changes meaning under the same name (new names are caught by name)
+FEATURE_VERSION = 6  # bump when a feature changes meaning under the same name (new names are caught by name)
 PER_STORE_LENGTH = 164
 _LAYOUT_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
@@ -332,6 +332,13 @@ CACHE_LINE = 64
 #: trip counts of up to this many iterations get unrolled and leave the loop around them to
 #: the loop vectorizer. On the measured zoo schedules 32 and 64 rank alike.
 LLVM_UNROLL_TRIPS = 32
+#: LLVM's loop vectorizer still takes the loop around an unrolled body of up to this many
+#: scalar operations (a multiply-add counts two; a special function four). Probed on the
+#: pinned TVM's LLVM with an R x K multiply-add body unrolled inside a 197-column loop: every
+#: body of <= 144 multiply-adds but a 128-term single chain was vectorized, half the
+#: 192-multiply-add shapes were, no body of >= 256 was (``test_cost_model.py`` pins four of
+#: them against the assembly); this is the halfway point.
+LLVM_VECTORIZE_OPS = 384
 #: LLVM's own vectors are 256 bits wide on AVX-512 cores (``prefer-vector-width=256``, seen as
 #: ymm registers in its output); a schedule's explicit vector loops use the full width.
 AUTO_VECTOR_BITS = 256
@@ -413,17 +420,19 @@ def _auto_vector_loop(b: Block, red: list[int]) -> Loop | None:
     unrolled ones (its SLP vectorizer packs their copies): counting from the innermost, the
     first loop that is serial, spatial (a float reduction would need reassociation, which LLVM
     does only under fast-math), walks the written buffer contiguously and moves every read by
-    0 or 1 element, while the body inside it is at most ``LLVM_UNROLL_TRIPS`` iterations. So a
-    row of ``C[i, j] += A[i, k] * B[k, j]`` over j, with a short k loop inside it, is vector
-    code (checked in the assembly of the zoo's attention-score schedules). ``red``: the
-    block's reduction loops (``_reduce_loop_positions``)."""
+    0 or 1 element, while the unrolled body inside it stays within ``LLVM_VECTORIZE_OPS``
+    operations. So a row of ``C[i, j] += A[i, k] * B[k, j]`` over j, with a short k loop inside
+    it (or a 64-trip one TVM unrolled), is vector code (checked in the assembly of the zoo's
+    attention-score schedules). ``red``: the block's reduction loops
+    (``_reduce_loop_positions``)."""
     if not b.accesses:
         return None
     step = max((lp.unroll_max_step for lp in b.loops), default=0)
+    ops = max(1, b.ops["float"] + b.ops["int"]) + 4 * b.ops["special"]  # per iteration
     body = 1
     for i in reversed([i for i, lp in enumerate(b.loops) if lp.extent > 1]):
         loop = b.loops[i]
-        if loop.kind == 2 or body > LLVM_UNROLL_TRIPS:
+        if loop.kind == 2 or body * ops > LLVM_VECTORIZE_OPS:
             return None
         if loop.kind in (0, 3) and i not in red:
             moves = _moves(b, loop)
