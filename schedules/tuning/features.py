@@ -334,10 +334,11 @@ CACHE_LINE = 64
 LLVM_UNROLL_TRIPS = 32
 #: LLVM's loop vectorizer still takes the loop around an unrolled body of up to this many
 #: scalar operations (a multiply-add counts two; a special function four). Probed on the
-#: pinned TVM's LLVM with an R x K multiply-add body unrolled inside a 197-column loop: every
-#: body of <= 144 multiply-adds but a 128-term single chain was vectorized, half the
-#: 192-multiply-add shapes were, no body of >= 256 was (``test_cost_model.py`` pins four of
-#: them against the assembly); this is the halfway point.
+#: pinned TVM's LLVM with an R x K multiply-add body unrolled inside a 197-column loop (43
+#: shapes): every body of <= 144 multiply-adds was vectorized except single chains (R = 1)
+#: longer than 112 terms, half the 192-multiply-add shapes were (those with K <= 32), no body
+#: of >= 256 was (``test_cost_model.py`` pins four cases against the assembly); 384 is the
+#: halfway point.
 LLVM_VECTORIZE_OPS = 384
 #: LLVM's own vectors are 256 bits wide on AVX-512 cores (``prefer-vector-width=256``, seen as
 #: ymm registers in its output); a schedule's explicit vector loops use the full width.
