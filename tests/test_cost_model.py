@@ -129,12 +129,12 @@ def _split_k(inner, unroll=0, rows=1):
     step of 64: its assembly has no unrolled copies)."""
     sch, blk, lp = _split_matmul("k", inner)
     if rows > 1:
-        lp["i0"], lp["i1"] = sch.split(lp["i"], [None, rows])
-        sch.reorder(lp["i0"], lp["k0"], lp["j"], lp["i1"], lp["k1"])
+        outer, i1 = sch.split(lp["i"], [None, rows])
+        sch.reorder(outer, lp["k0"], lp["j"], i1, lp["k1"])
     else:
-        sch.reorder(lp["i"], lp["k0"], lp["j"], lp["k1"])
+        outer = lp["i"]
+        sch.reorder(outer, lp["k0"], lp["j"], lp["k1"])
     if unroll:
-        outer = lp["i0"] if rows > 1 else lp["i"]
         sch.annotate(outer, "pragma_auto_unroll_max_step", unroll)
         sch.annotate(outer, "pragma_unroll_explicit", 1)
         sch.decompose_reduction(blk, lp["k0"])

@@ -370,10 +370,7 @@ def _perf(b: Block, info: TargetInfo) -> _Perf:
     lanes = min(vl.extent, max_lanes) if vl else 1.0
     par = math.prod(lp.extent for lp in b.loops if lp.kind == 1)
     cores = par / math.ceil(par / info.num_cores) if par > 1 else 1.0
-    # instructions per iteration: a multiply feeding an add is one fused multiply-add, and a
-    # special function (exp, floor, reinterpret…) counts as a few
-    issue = max(1, b.ops["float"] + b.ops["int"] - min(b.ops["mul"], b.ops["float"] - b.ops["mul"]))
-    issue += 4 * b.ops["special"]
+    issue = _instructions(b)
     if red:
         inner = red[-1]
         acc = math.prod(lp.extent for lp in b.loops[inner + 1:])
@@ -414,6 +411,14 @@ def _hoisted(b: Block) -> Block:
     return b if all(a is c for a, c in zip(loops, b.loops)) else replace(b, loops=loops)
 
 
+def _instructions(b: Block, fused: bool = True) -> float:
+    """Instructions one iteration of ``b`` issues: its float and integer operations (at least
+    one; ``fused``: a multiply feeding an add is one fused multiply-add), and a few for each
+    special function (exp, floor, reinterpret…)."""
+    fma = min(b.ops["mul"], b.ops["float"] - b.ops["mul"]) if fused else 0
+    return max(1, b.ops["float"] + b.ops["int"] - fma) + 4 * b.ops["special"]
+
+
 def _auto_vector_loop(b: Block, red: list[int]) -> Loop | None:
     """The loop LLVM's loop vectorizer turns into vector code where the schedule vectorized
     none. LLVM first unrolls small innermost loops completely (TVM's ``pragma_auto_unroll_max_step``
@@ -429,7 +434,7 @@ def _auto_vector_loop(b: Block, red: list[int]) -> Loop | None:
     if not b.accesses:
         return None
     step = max((lp.unroll_max_step for lp in b.loops), default=0)
-    ops = max(1, b.ops["float"] + b.ops["int"]) + 4 * b.ops["special"]  # per iteration
+    ops = _instructions(b, fused=False)  # per iteration
     body = 1
     for i in reversed([i for i, lp in enumerate(b.loops) if lp.extent > 1]):
         loop = b.loops[i]
