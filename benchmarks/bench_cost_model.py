@@ -67,10 +67,24 @@ def pairwise_accuracy(latency: np.ndarray, score: np.ndarray, min_ratio: float =
 
 
 def top_k_score(latency: np.ndarray, score: np.ndarray, k: int) -> float:
-    """TenSet's top-k: best latency / best latency among the k highest-scored candidates."""
-    lat = np.asarray(latency, float)
-    top = np.argsort(-np.asarray(score, float), kind="stable")[:k]
-    return float(lat.min() / lat[top].min())
+    """TenSet's top-k: best latency / best latency among the k highest-scored candidates.
+
+    Candidates tied in score at the k-th place are picked at random, and this is the expected
+    score over those picks (exact): the records come from MetaSchedule's database, which keeps
+    them sorted by run time, so breaking ties by position would favour a model that ties."""
+    lat, s = np.asarray(latency, float), np.asarray(score, float)
+    k = min(k, len(lat))
+    cut = np.sort(s)[::-1][k - 1]  # the k-th highest score
+    sure = lat[s > cut]  # always picked
+    tied = np.sort(lat[s == cut])  # r of these m are picked, uniformly
+    r, m = k - len(sure), len(tied)
+    # P(the fastest picked tie is tied[i]) = C(m-1-i, r-1) / C(m, r)
+    from math import comb
+
+    p = np.array([comb(m - 1 - i, r - 1) for i in range(m)], float) / comb(m, r)
+    best = lat.min()
+    best_sure = sure.min() if len(sure) else np.inf
+    return float(np.sum(p * best / np.minimum(best_sure, tied)))
 
 
 def metrics(latency, score) -> dict:

@@ -9,6 +9,7 @@ of three dense-layer tasks (BERT, MiniLM, DeiT), timed on this machine by ``Loca
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -382,6 +383,27 @@ def _trained(tasks, **kw):
         model.add(_key(t), t.x, t.latency)
     model.fit()
     return model
+
+
+def test_ranking_metrics_on_hand_made_scores():
+    lat = np.array([1.0, 2.0, 3.0, 4.0])
+    assert pairwise_accuracy(lat, -lat) == 1.0 and pairwise_accuracy(lat, lat) == 0.0
+    assert pairwise_accuracy(lat, np.zeros(4)) == 0.5  # ties count half
+    assert pairwise_accuracy(lat, [4, 3, 1, 2], min_ratio=1.4) == 1.0  # 3 vs 4 (1.33x) left out
+    assert top_k_score(lat, [0.0, 0.0, 1.0, 0.0], 1) == 1 / 3
+    # ties at the cut are picked at random: the records come sorted by run time, so a tie broken
+    # by position would always pick the fastest; the exact expectation, against brute force
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lat = rng.uniform(1, 10, 7)
+        score = rng.integers(0, 3, 7).astype(float)
+        for k in (1, 2, 5, 7):
+            want = []
+            for perm in itertools.permutations(range(7)):
+                order = sorted(range(7), key=lambda i: (-score[i], perm[i]))
+                want.append(lat.min() / lat[order[:k]].min())
+            assert top_k_score(lat, score, k) == pytest.approx(np.mean(want))
+    assert top_k_score(lat, np.zeros(7), 1) == pytest.approx(np.mean(lat.min() / lat))
 
 
 def test_ranks_held_out_candidates(records):
