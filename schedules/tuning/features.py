@@ -28,7 +28,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
 
-FEATURE_VERSION = 6  # bump when a feature changes meaning under the same name (new names are caught by name)
+FEATURE_VERSION = 7  # bump when a feature changes meaning under the same name (new names are caught by name)
 PER_STORE_LENGTH = 164
 _LAYOUT_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
@@ -340,6 +340,13 @@ LLVM_UNROLL_TRIPS = 32
 #: of >= 256 was (``test_cost_model.py`` pins four cases against the assembly); 384 is the
 #: halfway point.
 LLVM_VECTORIZE_OPS = 384
+#: ... and reads that move by up to this many elements per step of that loop: interleaved
+#: groups (a weight packed ``[…, j, k % 8]`` read at all 8 offsets by the unrolled k loop) and
+#: gathers. In the zoo's assembly, strides of 3 to 48 elements compiled to packed code (a
+#: conv reading a 32-element stride, a max pool, dense layers); a DeiT qkv candidate whose j
+#: loop moves its weight by 192 elements kept all 192 multiply-adds scalar. Any known stride
+#: and this limit rank alike (harness, three seeds: 0.8246 both).
+LLVM_GATHER_STRIDE = 64
 #: LLVM's own vectors are 256 bits wide on AVX-512 cores (``prefer-vector-width=256``, seen as
 #: ymm registers in its output); a schedule's explicit vector loops use the full width.
 AUTO_VECTOR_BITS = 256
@@ -426,11 +433,14 @@ def _auto_vector_loop(b: Block, red: list[int]) -> Loop | None:
     unrolled ones (its SLP vectorizer packs their copies): counting from the innermost, the
     first loop that is serial, spatial (a float reduction would need reassociation, which LLVM
     does only under fast-math), walks the written buffer contiguously and moves every read by
-    0 or 1 element, while the unrolled body inside it stays within ``LLVM_VECTORIZE_OPS``
-    operations. So a row of ``C[i, j] += A[i, k] * B[k, j]`` over j, with a short k loop inside
-    it (or a 64-trip one TVM unrolled), is vector code (checked in the assembly of the zoo's
-    attention-score schedules). ``red``: the block's reduction loops
-    (``_reduce_loop_positions``)."""
+    at most ``LLVM_GATHER_STRIDE`` elements, while the unrolled body inside it stays within
+    ``LLVM_VECTORIZE_OPS`` operations. So a row of ``C[i, j] += A[i, k] * B[k, j]`` over j,
+    with a short k loop inside it (or a 64-trip one TVM unrolled), is vector code (checked in
+    the assembly of the zoo's attention-score schedules). Reads that stride over several
+    elements do not stop it: LLVM loads them as interleaved groups (the members the unrolled
+    body reads at offsets 0..s-1 of a stride-s walk, as in a weight packed ``[…, j, k % s]``)
+    or gathers (``vec_gather`` for these loops as well as explicit ones gained nothing).
+    ``red``: the block's reduction loops (``_reduce_loop_positions``)."""
     if not b.accesses:
         return None
     step = max((lp.unroll_max_step for lp in b.loops), default=0)
@@ -442,7 +452,7 @@ def _auto_vector_loop(b: Block, red: list[int]) -> Loop | None:
             return None
         if loop.kind in (0, 3) and i not in red:
             moves = _moves(b, loop)
-            if moves[-1] == 1 and all(m in (0, 1) for m in moves[:-1]):
+            if moves[-1] == 1 and all(m is not None and m <= LLVM_GATHER_STRIDE for m in moves[:-1]):
                 return loop
         if loop.kind != 3 and body * loop.extent > max(LLVM_UNROLL_TRIPS, step):
             return None  # the innermost loop left rolled: the vectorizer's candidate failed
