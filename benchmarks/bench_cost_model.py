@@ -40,6 +40,7 @@ import os
 import sys
 import tempfile
 import time
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,6 @@ def top_k_score(latency: np.ndarray, score: np.ndarray, k: int) -> float:
     tied = np.sort(lat[s == cut])  # r of these m are picked, uniformly
     r, m = k - len(sure), len(tied)
     # P(the fastest picked tie is tied[i]) = C(m-1-i, r-1) / C(m, r)
-    from math import comb
-
     p = np.array([comb(m - 1 - i, r - 1) for i in range(m)], float) / comb(m, r)
     best = lat.min()
     best_sure = sure.min() if len(sure) else np.inf
