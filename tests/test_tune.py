@@ -147,9 +147,12 @@ def test_reports(tuned):
     assert data["total"]["curve"][-1] == [3, best[-1]]  # the search's own timings
     # after the search, the default and the best records were timed side by side: the applied
     # record is the lowest median of that timing, and the speed-up is against the default's
-    ver = json.loads((tuned.db / VERIFIED).read_text())["tasks"][0]["records"]
+    entry = json.loads((tuned.db / VERIFIED).read_text())["tasks"][0]
+    ver = entry["records"]
     medians = {int(line): statistics.median(v) for line, v in ver.items()}
     assert 1 in medians and len(medians) == 4  # the default (line 1) and the 3 searched records
+    # single calls after a cache flush (as in the model), 10 per round, 3 interleaved rounds
+    assert entry["cache"] == "flushed" and all(len(v) == 30 for v in ver.values())
     assert task["verified"]["after_us"] == pytest.approx(min(medians.values()) * 1e6, abs=1e-4)
     assert task["verified"]["default_us"] == pytest.approx(medians[1] * 1e6, abs=1e-4)
     assert task["after_us"] == task["verified"]["after_us"] == data["total"]["best_us"]
@@ -410,6 +413,41 @@ def test_records_of_a_workload_the_search_committed_are_read_back(tuned, tmp_pat
         assert tdb.workload_index(mod) == n
     finally:
         tdb.close()
+
+
+def test_a_task_verified_warm_is_verified_again_flushed(tuned, tmp_path, capsys):
+    """A verification written before the CPU's was cache-flushed (no "cache" field: the warm,
+    back-to-back timing, whose winners made bert-encoder slower in the model) is read, applied,
+    and replaced on the next ``accelc tune`` of the database, with no new trial; the runner that
+    replaces it flushes the caches before each single timed call."""
+    from accelc.schedules.tuning import database, driver
+    from accelc.targets import cpu
+
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    doc = json.loads((db / VERIFIED).read_text())
+    for t in doc["tasks"]:
+        del t["cache"]
+    (db / VERIFIED).write_text(json.dumps(doc))
+    old = {int(k): v for k, v in doc["tasks"][0]["records"].items()}
+    tdb = database.open_database(db, cpu.host_target())
+    assert tdb.verified[0].cache == "warm" and tdb.verified[0].secs == old
+    records = (db / RECORDS).read_bytes()
+    rc, out, err = run_main(capsys, "tune", tuned.model, "--db", db, *SMALL)
+    assert rc == 0, err
+    assert "verifying 1 task(s): 12 side-by-side runs" in out and "measured 0 new" in out
+    entry = json.loads((db / VERIFIED).read_text())["tasks"][0]
+    assert entry["cache"] == "flushed" and {int(k) for k in entry["records"]} == set(old)
+    assert all(len(v) == 30 for v in entry["records"].values())
+    assert (db / RECORDS).read_bytes() == records
+    rc, out, err = run_main(capsys, "tune", tuned.model, "--db", db, *SMALL)  # now current: kept
+    assert rc == 0 and "verifying" not in out, err
+    ev = driver.components("cpu", cpu.host_target())["verify_runner"].evaluator_config
+    assert (ev.number, ev.repeat, ev.enable_cpu_cache_flush) == (1, 10, True)
+    doc["tasks"][0]["cache"] = "lukewarm"
+    (db / VERIFIED).write_text(json.dumps(doc))
+    with pytest.raises(Exception, match="unknown cache state 'lukewarm'"):
+        database.open_database(db, cpu.host_target())
 
 
 @pytest.mark.parametrize("case", ["not json", "unknown line", "other workload"])

@@ -21,7 +21,9 @@ Beside the two files, ``accelc tune`` writes ``accelc_verified.json``: for each 
 default schedule and best searched records timed again, side by side in one runner call, after
 the search (a record's time from the search was taken once, maybe while the machine was busy, and
 a lucky or unlucky sample misranks records). ``compile --db`` applies, for such a task, the
-fastest record of that side-by-side timing; stock TVM ignores the file and takes the fastest
+fastest record of that side-by-side timing (on the CPU each timed call follows a flush of its
+weights and outputs from the caches, as inside a model: ``"cache": "flushed"``; files without
+the field were timed warm, and ``accelc tune`` verifies such tasks again); stock TVM ignores the file and takes the fastest
 stored time. A verification naming records that are not there is corrupt, and refused.
 
 One case is repaired instead: a last line without its newline is what an interrupted append leaves
@@ -82,6 +84,7 @@ class Verified:
 
     workload: int
     secs: dict  # {line: [seconds, ...]}
+    cache: str = "warm"  # "flushed": each timed call after a flush of its non-first arguments
 
     def median(self, line: int) -> float:
         import statistics
@@ -167,7 +170,7 @@ class TuningDB:
             self.verified[e.workload] = e
         doc = {"format": "accelc-verified/1", "tasks": [
             {"workload": e.workload, "workload_hash": _workload_hash(self.workloads[e.workload]),
-             "records": {str(line): secs for line, secs in e.secs.items()}}
+             "cache": e.cache, "records": {str(line): secs for line, secs in e.secs.items()}}
             for e in sorted(self.verified.values(), key=lambda e: e.workload)]}
         text = json.dumps(doc, indent=1)
         atomic_write(self.path / VERIFIED, lambda tmp: Path(tmp).write_text(text))
@@ -426,15 +429,18 @@ def _read_verified(file: Path, workloads: list, records: list[Record]) -> dict:
         try:
             w, recs = int(entry["workload"]), entry["records"]
             secs = {int(line): [float(x) for x in v] for line, v in recs.items()}
+            cache = entry.get("cache", "warm")  # files before 2026-12-07 have none: warm
         except (KeyError, TypeError, ValueError, AttributeError):
             raise bad(f"task {i} is malformed") from None
+        if cache not in ("warm", "flushed"):
+            raise bad(f"task {i} has an unknown cache state {cache!r}")
         if not 0 <= w < len(workloads) or entry.get("workload_hash") != _workload_hash(workloads[w]):
             raise bad(f"task {i} names workload {w}, which is not the one it was written for")
         for line, v in secs.items():
             if line not in by_line or by_line[line].workload != w or not v or not all(math.isfinite(x) for x in v):
                 raise bad(f"task {i} names record line {line}, which is not a measured record of workload {w}")
         if secs:
-            out[w] = Verified(w, secs)
+            out[w] = Verified(w, secs, cache)
     return out
 
 
