@@ -23,8 +23,8 @@ the search (a record's time from the search was taken once, maybe while the mach
 a lucky or unlucky sample misranks records). ``compile --db`` applies, for such a task, the
 fastest record of that side-by-side timing (on the CPU each timed call follows a flush of its
 weights and outputs from the caches, as inside a model: ``"cache": "flushed"``; files without
-the field were timed warm, and ``accelc tune`` verifies such tasks again); stock TVM ignores the file and takes the fastest
-stored time. A verification naming records that are not there is corrupt, and refused.
+the field were timed warm, and ``accelc tune`` verifies such tasks again); stock TVM ignores the
+file and takes the fastest stored time. A verification naming records that are not there is corrupt, and refused.
 
 One case is repaired instead: a last line without its newline is what an interrupted append leaves
 (TVM writes a record, then the newline). When opened for tuning, a complete last record gets its

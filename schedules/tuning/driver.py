@@ -53,8 +53,8 @@ VERIFY_TOP, VERIFY_ROUNDS = 3, 3  # searched records re-timed against the defaul
 #: (every argument but the first, the activation its producer just wrote, is flushed from the
 #: caches), as the kernel meets them inside the model: the search's back-to-back calls keep a
 #: layer's weights hot in L2, which a model whose weights outgrow the caches never does. On
-#: bert-encoder (2026-12-07, Zen 4) the warm winners made the model 1.010-1.024x slower than
-#: untuned; the flushed winners 0.977-0.985x (three runs).
+#: bert-encoder (2026-12-07, Zen 4) the warm winners made the model 1.007-1.045x untuned, slower
+#: in all six interleaved runs; the flushed winners 0.973-0.985x in five of six (README).
 VERIFY_EVALUATOR = dict(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
 
 
