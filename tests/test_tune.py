@@ -442,7 +442,7 @@ def test_a_task_verified_warm_is_verified_again_flushed(tuned, tmp_path, capsys)
     assert (db / RECORDS).read_bytes() == records
     rc, out, err = run_main(capsys, "tune", tuned.model, "--db", db, *SMALL)  # now current: kept
     assert rc == 0 and "verifying" not in out, err
-    ev = driver.components("cpu", cpu.host_target())["verify_runner"].evaluator_config
+    ev = driver.components("cpu", cpu.host_target())["verify_runner"]().evaluator_config
     assert (ev.number, ev.repeat, ev.enable_cpu_cache_flush) == (1, 10, True)
     doc["tasks"][0]["cache"] = "lukewarm"
     (db / VERIFIED).write_text(json.dumps(doc))

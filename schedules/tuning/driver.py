@@ -108,13 +108,16 @@ def components(target: str, tvm_target, rpc: str | None = None, fast_math: bool 
     """What tuning ``target`` takes: ``target`` (the tvm Target tuned for), ``space``,
     ``builder``, ``runner``, ``tasks`` (Relax module after the user's passes -> [Task]),
     ``default_schedule`` ((IRModule, Target) -> Schedule or None) and ``cost_kind`` (the
-    cost model's feature group)."""
+    cost model's feature group); optionally ``verify_runner`` (() -> the runner
+    ``verify_best`` times with; default ``runner``) and ``verify_cache`` (how it leaves the
+    caches: "warm" or "flushed")."""
     from . import local_builder
 
     if target == "cpu":
         runner = _runner(rpc)  # first: a bad --rpc fails before the builder's workers start
         return {"target": tvm_target, "space": "post-order-apply", "runner": runner, "builder": local_builder(),
-                "verify_runner": _runner(rpc, VERIFY_EVALUATOR), "verify_cache": "flushed",
+                # made when a verification needs it: a LocalRunner starts a worker process
+                "verify_runner": lambda: _runner(rpc, VERIFY_EVALUATOR), "verify_cache": "flushed",
                 "tasks": lambda mod: relax_tasks(mod, tvm_target, _cpu_front_passes(tvm_target, fast_math),
                                                  _not_a_named_kernel),
                 "default_schedule": _cpu_default_schedule, "cost_kind": "llvm",
@@ -609,7 +612,7 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
     from .database import Verified
 
     tdb.reload_records()
-    runner, cache = comps.get("verify_runner", comps["runner"]), comps.get("verify_cache", "warm")
+    cache = comps.get("verify_cache", "warm")
     wid = {t.name: tdb.workload_index(t.mod) for t in tasks}
     picks = {}  # workload index → [Record]
     for t in tasks:
@@ -624,6 +627,7 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
             _curve_verified(curve, t, tdb, old)
     if not picks:
         return []
+    runner = comps["verify_runner"]() if "verify_runner" in comps else comps["runner"]
     flat = [r for chosen in picks.values() for r in chosen]
     cands = [r.tvm.as_measure_candidate() for r in flat]
     by_workload = {wid[t.name]: t for t in tasks}
