@@ -120,7 +120,7 @@ def _fusable_operands(func) -> set[int]:
     b_packed = True
     if shape is not None:
         lanes = shape.lanes(str(red.reads[1].source.dtype))
-        _, nj = micro_kernel(m, n, lanes, shape.vector_registers)
+        _, nj = micro_kernel(m, n, lanes, shape.vector_registers, shape.loads_per_fma)
         b_packed = n != nj * lanes
     a, b = red.reads[0].source, red.reads[1].source
     return {i for i, p in enumerate(func.params) if p.same_as(a) or (b_packed and p.same_as(b))}

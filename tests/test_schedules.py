@@ -190,6 +190,56 @@ def test_micro_kernel_fits_registers(m, n, lanes, regs):
     assert mr * nj + nj + 1 <= regs  # accumulators + B vectors + one broadcast
 
 
+def test_micro_kernel_roofline_trades_intensity_for_padding_once_fma_bound():
+    """With the core's load:FMA ratio known (Zen 4: 2), a tile past the FMA roofline gains
+    nothing from more intensity, so less padding wins: DeiT's 197 × 197 QKᵀ takes 11 × 1
+    (208 columns) instead of 9 × 3 (240), BERT's 128 × 384 takes 8 × 3 (128 rows) instead of
+    6 × 4 (132); where padding is equal the most intense tile stays (1024³: 6 × 4). Without
+    the ratio the earlier model is unchanged."""
+    assert micro_kernel(197, 197, 16, 32) == (9, 3) and micro_kernel(128, 384, 16, 32) == (6, 4)
+    assert micro_kernel(197, 197, 16, 32, 2.0) == (11, 1)
+    assert micro_kernel(128, 384, 16, 32, 2.0) == (8, 3)
+    assert micro_kernel(1024, 1024, 16, 32, 2.0) == (6, 4)
+    assert micro_kernel(197, 768, 16, 32, 2.0) == (6, 4)
+    for m, n in ((197, 197), (128, 384), (1, 1000), (3, 5), (49, 256)):
+        for ratio in (1.0, 2.0):
+            mr, nj = micro_kernel(m, n, 16, 32, ratio)
+            assert mr * nj + nj + 1 <= 32
+
+
+def test_cpu_shape_knows_zen4_half_rate_fma():
+    zen4 = cpu_shape(tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2}))
+    skx = cpu_shape(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}))
+    assert zen4.vector_bits == 512 and zen4.loads_per_fma == 2.0
+    assert skx.loads_per_fma is None
+
+
+@pytest.mark.parametrize("mcpu", ["znver4", "skylake-avx512"])
+@pytest.mark.parametrize("heads,m,k,n", [(3, 197, 64, 197), (12, 128, 32, 128), (2, 5, 48, 33), (1, 40, 16, 24)])
+def test_transposed_runtime_b_is_packed_in_blocks(mcpu, heads, m, k, n):
+    """Q·Kᵀ with K a runtime tensor: the panel pack reads K along its contiguous axis in
+    16 × 16 blocks (an unrolled K loop around a vectorized column loop) and the product
+    matches NumPy, for both micro-kernel models."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    rng = np.random.default_rng(heads * m + n)
+    q_np = rng.standard_normal((1, heads, m, k)).astype("float32")
+    k_np = rng.standard_normal((1, heads, n, k)).astype("float32")
+    q = relax.Var("q", relax.TensorType(q_np.shape, "float32"))
+    kk = relax.Var("k", relax.TensorType(k_np.shape, "float32"))
+
+    def fn(bb, q, kk):
+        return bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(kk, [0, 1, 3, 2]))))
+
+    fused, vm = _build(fn, [q, kk], target)
+    got = vm["main"](tvm.runtime.tensor(q_np), tvm.runtime.tensor(k_np)).numpy()
+    want = q_np.astype(np.float64) @ np.swapaxes(k_np, -1, -2).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    tir = _scheduled_by(Matmul(), fused, target, "matmul")
+    pack = tir[:tir.index('T.sblock("matmul_init")')]
+    blocked = k % 16 == 0  # the padded column count is a panel multiple, hence of 16
+    assert ("T.unroll(T.int64(16))" in pack and "T.vectorized(T.int64(16))" in pack) == blocked, pack
+
+
 def test_cpu_shape_reads_target_features():
     avx2 = cpu_shape(tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2}))
     avx512 = cpu_shape(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 4}))

@@ -29,6 +29,10 @@ class CpuShape:
     vector_registers: int  # architectural SIMD registers: 32 with AVX-512 or NEON, else 16
     cores: int
     l2_bytes: int = 512 * 1024  # per core; a conservative figure for current server parts
+    #: Vector loads the core issues per widest-vector FMA, where known (``micro_kernel``'s
+    #: roofline). Zen 4 (``znver4``) runs a 512-bit FMA as two 256-bit halves, one per cycle,
+    #: beside two loads: 2.0. None: the earlier model, chosen on Intel Xeon hosts.
+    loads_per_fma: float | None = None
 
     def lanes(self, dtype: str) -> int:
         return max(self.vector_bits // tvm.DataType(dtype).bits, 1) if dtype else 1
@@ -46,7 +50,8 @@ def cpu_shape(target: Target) -> CpuShape:
     else:
         bits, regs = 128, 16
     cores = int(target.attrs.get("num-cores", 1) or 1)
-    return CpuShape(vector_bits=bits, vector_registers=regs, cores=cores)
+    loads_per_fma = 2.0 if bits == 512 and str(target.attrs.get("mcpu", "") or "") == "znver4" else None
+    return CpuShape(vector_bits=bits, vector_registers=regs, cores=cores, loads_per_fma=loads_per_fma)
 
 
 class CPURule(dl.ScheduleRule):
