@@ -345,6 +345,31 @@ def test_reduction_rules_match_numpy(cpu_target, name, shape, fn, ref, rule):
         assert "sblock_alloc_buffer((T.int64(40), T.int64(147)))" not in tir  # abs: no buffer
 
 
+@pytest.mark.parametrize("mcpu,lanes", [("znver4", 16), ("skylake-avx512", 16), ("znver3", 8)])
+def test_row_reduction_folds_its_partials_pairwise(mcpu, lanes):
+    """Layer norm over 192-wide rows: each row reduction's ``lanes`` vector partials are folded
+    by halving vector adds (lanes/2, …, 2 wide), not by one scalar loop over the lanes (a
+    dependent chain of 16 adds a row: DeiT's layer norm 6.1 → 4.9 µs, Zen 4, 2 threads);
+    the result still matches NumPy."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    x_np = np.random.default_rng(7).standard_normal((1, 197, 192)).astype("float32")
+    x = relax.Var("x", relax.TensorType(x_np.shape, "float32"))
+    gamma, beta = np.linspace(0.5, 1.5, 192, dtype="float32"), np.linspace(-1, 1, 192, dtype="float32")
+
+    def fn(bb, x):
+        return bb.emit(relax.op.nn.layer_norm(x, relax.const(gamma), relax.const(beta), [-1], 1e-5))
+
+    fused, vm = _build(fn, [x], target)
+    x64 = x_np.astype(np.float64)
+    want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * gamma + beta
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x_np)).numpy(), want, rtol=1e-4, atol=1e-5)
+    tir = _scheduled_by(RowReduction(), fused, target, "layer_norm")
+    widths = [lanes >> i for i in range(1, lanes.bit_length() - 1)]  # 8, 4, 2 (or 4, 2)
+    for w in widths:
+        assert f"T.vectorized(T.int64({w}))" in tir, (w, tir)
+    assert f"in range(T.int64({lanes})):" not in tir, tir  # no scalar loop over the partials
+
+
 @pytest.mark.parametrize("index,axis", [(1, 0), (-1, 0), (2, 2), (0, -1)])
 def test_take_of_a_constant_index_is_a_static_slice_fused_with_its_transpose(cpu_target, index, axis):
     """``take(x, const i, axis)`` (ONNX Gather of a fixed index: ``qkv[1]``) legalizes to a
