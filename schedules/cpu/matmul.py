@@ -96,10 +96,9 @@ def micro_kernel(m: int, n: int, lanes: int, registers: int, loads_per_fma: floa
                 # accumulators leave the FMA pipes idle (measured: 1 × 4 for 37 rows ran 1.6-1.8×
                 # slower than 6 × 4; 2 × 4 ran 0.97×)
                 cands.append((useful * min(1.0, loads_per_fma * intensity) * min(1.0, mr * nj / 8), intensity, (mr, nj)))
-    if loads_per_fma is None:  # the first of the best, in (nj, mr) order
-        best = max(c[0] for c in cands)
-        return next(c[2] for c in cands if c[0] > best - 1e-9)
     best = max(c[0] for c in cands)
+    if loads_per_fma is None:  # the first of the best, in (nj, mr) order
+        return next(c[2] for c in cands if c[0] > best - 1e-9)
     return max((c for c in cands if c[0] >= best * 0.99), key=lambda c: (c[1], c[0]))[2]
 
 
@@ -250,9 +249,8 @@ def _schedule(sch: s_tir.Schedule, main, shape: CpuShape, layout_free: set[int],
         sch.transform_layout(b_pack, ("write", 0), lambda s, kk, j: (s, j // nr, kk, j % nr))
         if layout_free_b:
             sch.annotate(b_pack, "meta_schedule.layout_rewrite_preproc", True)
-        else:
-            if not _transpose_copy(sch, b_pack, lanes):
-                _parallel_copy(sch, b_pack, shape, lanes)
+        elif not _transpose_copy(sch, b_pack, lanes):
+            _parallel_copy(sch, b_pack, shape, lanes)
 
     ragged = None
     if b_pad is not None and n % nr and n > nr:  # the last panel is partly padding
