@@ -20,6 +20,7 @@ from tvm.target.codegen import llvm_get_system_cpu
 
 from ..errors import ArtifactError
 from ..schedules.cpu import default_rules
+from .cpu_attention import fuse_attention
 from .cpu_fusion import fuse_layout_into_matmul
 from ..passes import static_shape
 from .graph_opt import fold_batch_norm, has_op
@@ -369,6 +370,7 @@ def front_passes(target: Target, fast_math: bool = True) -> list:
         channels_last_convs,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
+        *([fuse_attention] if fast_math else []),
         *cpu.library_dispatch_passes(target),
         _legalize(fast_math),
         relax.transform.AnnotateTIROpPattern(),
