@@ -15,7 +15,7 @@ from tvm.s_tir import dlight as dl
 from accelc.schedules.cpu import (
     Conv2dNHWC, CpuShape, Matmul, RowReduction, WindowReduction, cpu_shape, default_rules,
 )
-from accelc.schedules.cpu.matmul import micro_kernel
+from accelc.schedules.cpu.matmul import micro_kernel, row_chunks
 from accelc.targets import cpu
 
 
@@ -92,6 +92,33 @@ def test_matmul_rule_matches_numpy(cpu_target, batch, m, k, n, const_b, trans_b)
     assert "T.parallel" in tir and "T.vectorized" in tir and 'scope="local"' in tir
     if const_b:  # weights are packed by a block the pipeline folds at compile time
         assert "meta_schedule.layout_rewrite_preproc" in tir
+
+
+def test_row_chunks_split_evenly_or_not_at_all():
+    assert [row_chunks(b, 2) for b in (1, 3, 4, 5, 16, 33)] == [1, 1, 2, 1, 2, 2]
+    assert row_chunks(33, 4) == 4  # 9 + 8 + 8 + 8: the longest 9% over the mean
+    assert row_chunks(9, 4) == 1  # 3 + 2 + 2 + 2: 33% over
+    assert row_chunks(100, 1) == 1
+
+
+@pytest.mark.parametrize("cores,m", [(2, 197), (4, 197), (2, 5), (3, 64)])
+def test_an_unbatched_gemm_gives_each_core_a_chunk_of_rows(cores, m):
+    """With even chunks the GEMM's only parallel loop has one iteration per core, and what it
+    computes is unchanged; otherwise the column-block × row-block tasks remain."""
+    target = cpu.host_target(num_cores=cores)
+    fused, got, want = _matmul_case(target, (), m, 96, 200)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    tir = _scheduled_by(Matmul(), fused, target, "matmul")
+    shape = cpu_shape(target)
+    mr, nj = micro_kernel(m, 200, shape.lanes("float32"), shape.vector_registers, shape.loads_per_fma)
+    chunks = row_chunks(-(-m // mr), cores)
+    extents = [int(e) for e in re.findall(r"in T\.parallel\((?:T\.int64\()?(\d+)", tir)]
+    assert extents, tir
+    if chunks > 1:
+        assert extents[-1] == cores, extents
+    else:
+        assert extents[-1] % -(-m // mr) == 0 and extents[-1] >= -(-m // mr), extents
+    assert (chunks > 1) == (m >= 64), (m, mr, chunks)
 
 
 def test_attention_matmuls_read_their_operands_in_place(cpu_target):
