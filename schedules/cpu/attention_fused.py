@@ -103,16 +103,18 @@ def fused_attention(b: int, h: int, n: int, d: int, scale: float, lanes: int, re
     def fadd(x, y):
         return x + y
 
-    # a task's batch, head and first query row (Python helpers: a scalar assigned in a TVMScript
-    # block becomes a one-element buffer, allocated per task)
+    # a task's batch, head and first query row, heads innermost: the pool's contiguous share
+    # of tasks per thread is then a band of rows, which the next GEMM (one chunk of rows per
+    # core, ``matmul.row_chunks``) reads on the same core. (Python helpers: a scalar assigned
+    # in a TVMScript block becomes a one-element buffer, allocated per task.)
     def tb(t):
         return t // (h * RB)
 
     def th(t):
-        return t // RB % h
+        return t % h
 
     def r0(t):
-        return t % RB * MR
+        return t // h % RB * MR
 
     def score(t, r, col, value, bias):
         """A scaled score as stored: biased, and ``NEG`` for padding and (causal) future keys."""
