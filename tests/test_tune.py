@@ -705,3 +705,24 @@ def test_bundled_warm_start_is_not_trained_for_a_database_that_cannot_be(tuned, 
     rc, _, err = run_main(capsys, "tune", tuned.model, "--cost-model-warm-start", "bundled",
                           "--db", tmp_path / "no" / "db")
     assert_one_line_error(rc, err, "does not exist")
+
+
+def test_written_out_kernels_are_no_tuning_tasks():
+    """The fused attention and the softmax rows are written-out kernels (``tirx.is_scheduled``):
+    their search space is the kernel itself, so ``accelc tune`` must not spend trials on them.
+    (The filter once read the IRModule's attributes instead of the function's: BERT's fused
+    attention drew 57 of 256 trials and measured nothing.)"""
+    from accelc.compiler.frontend import import_onnx
+    from accelc.schedules.tuning import driver
+    from accelc.targets import cpu
+    from accelc.tests.util import attention_model
+
+    target = cpu.host_target()
+    mod = import_onnx(attention_model(n=20, d_model=32, heads=2, mask="key")).mod
+    names = [t.name for t in driver.relax_tasks(mod, target, driver._cpu_front_passes(target),
+                                                driver._not_a_named_kernel)]
+    assert names and not any(n.startswith(("attention_fused", "softmax_rows")) for n in names), names
+    assert any("matmul" in n for n in names), names  # the projections still are
+    unfused = [t.name for t in driver.relax_tasks(mod, target, driver._cpu_front_passes(target, fast_math=False),
+                                                  driver._not_a_named_kernel)]
+    assert any("softmax" in n for n in unfused), unfused  # exact math: attention stays searchable
