@@ -6,7 +6,7 @@ that) and replaces each site by a ``call_tir`` of ``schedules/cpu/attention_fuse
 [B, H, N, N] scores never leave the task that computes them.
 
 Q, K and V are traced back through the views that split the heads off their projection
-(``take`` of a constant index out of a stacked QKV, ``reshape``, ``permute_dims``) to the
+(``take`` of a constant index out of a stacked QKV, ``split``, ``reshape``, ``permute_dims``) to the
 tensor they were sliced from, and the kernel reads that tensor through strides, so no copy of
 them is made; an operand whose head dimension is not contiguous there is passed as the site
 computed it. The kernel writes the heads merged, ``[B, N, H, d]``; the ``permute_dims`` back to
@@ -51,6 +51,8 @@ def trace_view(g: _Graph, expr, depth: int = 0):
         return None
     own = (expr, 0, _strides(shape))
     value = g.resolve(expr) if isinstance(expr, relax.Var) else expr
+    if depth <= 16 and isinstance(value, relax.TupleGetItem):
+        return _split_view(g, value, depth) or own
     if depth > 16 or not isinstance(value, relax.Call):
         return own
     op = _op(value)
@@ -67,9 +69,8 @@ def trace_view(g: _Graph, expr, depth: int = 0):
         axes = list(range(len(src_shape)))[::-1] if axes is None else [int(a) for a in axes]
         return root, offset, [strides[a] for a in axes]
     if op == "relax.reshape":
-        if list(strides) != _strides(src_shape):  # only a contiguous view reshapes to strides
-            return own
-        return root, offset, _strides(shape)
+        new = _reshaped_strides(src_shape, strides, shape)
+        return own if new is None else (root, offset, new)
     idx = value.args[1]
     if value.attrs.axis is None or not isinstance(idx, tvm.ir.expr.Constant) or idx.value.numpy().ndim != 0:
         return own
@@ -79,6 +80,63 @@ def trace_view(g: _Graph, expr, depth: int = 0):
     if not 0 <= i < src_shape[axis]:
         return own
     return root, offset + i * strides[axis], strides[:axis] + strides[axis + 1:]
+
+
+def _reshaped_strides(old_shape, old_strides, new_shape):
+    """Strides of ``reshape(view, new_shape)`` for a strided view, or None when the reshape
+    merges dimensions that are not contiguous with each other (it would need a copy). Dims are
+    matched in groups of equal element counts; within a group the old dims must be contiguous
+    relative to each other, and the new ones get row-major strides scaled to it."""
+    old = [(d, s) for d, s in zip(old_shape, old_strides) if d != 1]
+    out, i = [], 0
+    for d in new_shape:
+        if d == 1:
+            out.append(None)
+            continue
+        if i >= len(old):
+            return None
+        # consume old dims until their product reaches d (a merge), or split one old dim
+        dim, stride = old[i]
+        if dim % d == 0 and dim != d:  # d is the outer part of a split of old dim i
+            old[i] = (dim // d, stride)
+            out.append(stride * (dim // d))
+            continue
+        prod, inner = dim, stride
+        i += 1
+        while prod < d and i < len(old):
+            nd, ns = old[i]
+            if inner != ns * nd:  # not contiguous with the dim before: a merge needs a copy
+                return None
+            prod, inner = prod * nd, ns
+            i += 1
+        if prod != d:
+            return None
+        out.append(inner)
+    if i != len(old):
+        return None
+    return [1 if s is None else s for s in out]
+
+
+def _split_view(g: _Graph, item, depth: int):
+    """``split(x, …)[i]`` (GPT-2's fused QKV) as a view of x: its strides, offset by where
+    part i starts along the split axis."""
+    tup = g.resolve(item.tuple_value) if isinstance(item.tuple_value, relax.Var) else item.tuple_value
+    if _op(tup) != "relax.split":
+        return None
+    src = tup.args[0]
+    src_shape = static_shape(src)
+    inner = trace_view(g, src, depth + 1)
+    if src_shape is None or inner is None:
+        return None
+    axis = int(tup.attrs.axis) % len(src_shape)
+    sections = tup.attrs.indices_or_sections
+    if isinstance(sections, (int, tvm.tirx.IntImm)):
+        size = src_shape[axis] // int(sections)
+        start = int(item.index) * size
+    else:
+        start = ([0] + [int(x) for x in sections])[int(item.index)]
+    root, offset, strides = inner
+    return root, offset + start * strides[axis], list(strides)
 
 
 def _compose(p1, p2):

@@ -197,3 +197,29 @@ def test_fold_permutes_cancels_the_head_merge_against_its_inverse():
     relax.analysis.post_order_visit(func.body, lambda e: perms.append([int(a) for a in e.attrs.axes])
                                     if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.permute_dims" else None)
     assert perms == [[2, 3, 1, 0]], perms
+
+
+@pytest.mark.parametrize("shape, strides, new", [
+    ((1, 64, 384), (73728, 1152, 1), (1, 64, 6, 64)),  # GPT-2: heads split off a split's part
+    ((1, 64, 384), (73728, 1152, 1), (1, 64 * 384)),  # merging non-contiguous rows: a copy
+    ((2, 3, 4), None, (6, 4)), ((2, 3, 4), None, (2, 12)), ((6, 4), None, (2, 3, 2, 2)),
+    ((4, 6), (1, 4), (2, 2, 6)), ((4, 6), (1, 4), (4, 2, 3)), ((4, 6), (1, 4), (24,)),
+    ((1, 197, 3, 64), None, (1, 197, 192)),
+])
+def test_reshape_of_a_strided_view_has_the_strides_numpy_gives_it(shape, strides, new):
+    """``trace_view`` follows a reshape of a strided view exactly when NumPy can reshape that
+    view without a copy, and to the same strides (size-1 axes aside)."""
+    from accelc.targets.cpu_attention import _reshaped_strides, _strides
+
+    strides = strides or tuple(_strides(shape))
+    view = np.lib.stride_tricks.as_strided(np.zeros(10**5, np.float32), shape, [4 * s for s in strides])
+    try:
+        reshaped = view.view()
+        reshaped.shape = new  # raises where NumPy would have to copy
+        want = [s // 4 for s in reshaped.strides]
+    except AttributeError:
+        want = None
+    got = _reshaped_strides(shape, strides, new)
+    assert (got is None) == (want is None), (got, want)
+    if want is not None:
+        assert [g for g, n in zip(got, new) if n != 1] == [w for w, n in zip(want, new) if n != 1]
