@@ -477,6 +477,9 @@ def _add_tune_parser(sub) -> None:
                    "database is synced to disk after each batch")
     t.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-model-check", action="store_true",
+                   help="apply every task's side-by-side winner without timing it inside the whole model "
+                        "(default, -t cpu measured here: a searched winner is kept only if the model runs faster)")
     _add_shape_args(t)
     t.add_argument("--passes", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
                    help="graph pass to run first, as for compile (repeatable; compile with the same ones)")
@@ -503,7 +506,8 @@ def cmd_tune(args) -> int:
                           warm_start=args.cost_model_warm_start, rpc=args.rpc, passes=args.passes,
                           input_shapes=_shapes(args.input_shape), calibration=args.calib,
                           fast_math=not args.no_fast_math, target_options=_target_options(args), only=args.tasks,
-                          batch=args.batch, seed=args.seed, progress=not args.no_progress)
+                          batch=args.batch, seed=args.seed, progress=not args.no_progress,
+                          check_model=not args.no_model_check)
     print(res.curve.table())
     for note in res.notes:
         print(f"note: {note}")

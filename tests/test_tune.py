@@ -32,7 +32,8 @@ ENV.pop("ACCELC_DEBUG", None)
 RECORDS, WORKLOADS = "database_tuning_record.json", "database_workload.json"
 VERIFIED = "accelc_verified.json"
 TASK = "matmul_add_relu"  # the MLP's first layer: a 8x16x32 matmul with its bias and ReLU
-SMALL = ["--trials", "3", "--batch", "2", "--tasks", TASK, "--cost-model", "random", "--no-progress"]
+SMALL = ["--trials", "3", "--batch", "2", "--tasks", TASK, "--cost-model", "random", "--no-progress",
+         "--no-model-check"]  # timed inside the model: test_model_check_*
 
 
 def cli(*args, **kw):
@@ -726,3 +727,85 @@ def test_written_out_kernels_are_no_tuning_tasks():
     unfused = [t.name for t in driver.relax_tasks(mod, target, driver._cpu_front_passes(target, fast_math=False),
                                                   driver._not_a_named_kernel)]
     assert any("softmax" in n for n in unfused), unfused  # exact math: attention stays searchable
+
+
+class _FakeModel:
+    """A compiled model whose latency is given (``model_check``'s timing, made deterministic)."""
+
+    def __init__(self, ms):
+        self.ms = ms
+
+    def benchmark(self, repeat=3, warmup=1):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(median_ms=self.ms)
+
+
+def _with_searched_winner(tuned, tmp_path):
+    """A copy of the tuned database whose verification makes a searched record the winner."""
+    from accelc.schedules.tuning import database, load_intrinsics
+    from accelc.targets import cpu
+
+    load_intrinsics("llvm")
+    target = cpu.host_target()
+    db = tmp_path / "db"
+    shutil.copytree(tuned.db, db)
+    tdb = database.open_database(db, target)
+    winner = next(r.line for r in tdb.records if r.searched)
+    doc = json.loads((db / VERIFIED).read_text())
+    doc["tasks"][0]["records"] = {str(r.line): [1e-6 if r.line == winner else 2e-6] * 3 for r in tdb.records}
+    (db / VERIFIED).write_text(json.dumps(doc))
+    return db, target, winner
+
+
+@pytest.mark.parametrize("model_ms, kept", [(0.9, True), (0.998, False), (1.2, False)])
+def test_model_check_keeps_a_searched_winner_only_if_the_model_gets_faster(tuned, tmp_path, model_ms, kept):
+    """The winner is timed inside the model against the model without it; dropped (the task
+    left to the default rules by ``compile --db``) unless the model is faster by more than
+    0.5%, and the verdict is stored for the winner it judged, so the next run does not redo
+    it and a later re-verification with another winner does not inherit it."""
+    from accelc.schedules.tuning import database, driver
+
+    db, target, winner = _with_searched_winner(tuned, tmp_path)
+    tdb = database.open_database(db, target)
+    assert tdb.searched_winners() == [0] and _query(tdb, target) is not None
+    task = driver.Task(TASK, tdb.workloads[0].mod, 1, 1.0)
+    built = []
+
+    def build(without):
+        built.append(set(without))
+        return _FakeModel(1.0 if 0 in without else model_ms)
+
+    (verdict,) = driver.model_check([task], tdb, build, log=lambda *_: None)
+    assert built == [{0}, set()]  # the model without the winner, then with it
+    assert verdict["record"] == winner and verdict["kept"] is kept and verdict["ratio"] == pytest.approx(model_ms)
+    again = database.open_database(db, target)  # persisted, and honoured by compile --db
+    assert again.verified[0].in_model == {"record": winner, "ratio": pytest.approx(model_ms), "kept": kept}
+    assert (_query(again, target) is not None) is kept
+    assert driver.model_check([task], again, build, log=lambda *_: None) == []  # judged already
+    doc = json.loads((db / VERIFIED).read_text())  # re-verified: the default wins now
+    default = next(r.line for r in again.records if not r.searched)
+    doc["tasks"][0]["records"] = {str(n): [1e-6 if int(n) == default else 2e-6] * 3 for n in doc["tasks"][0]["records"]}
+    (db / VERIFIED).write_text(json.dumps(doc))
+    assert _query(database.open_database(db, target), target) is None
+
+
+def test_model_check_builds_the_real_model_and_a_bad_verdict_is_refused(tuned, tmp_path):
+    """With the real builder (the model as ``compile --db`` makes it, minus some workloads) the
+    check runs end to end; a verification file whose verdict names no timed record is corrupt."""
+    from accelc.compiler.frontend import import_model
+    from accelc.schedules.tuning.database import DatabaseError
+    from accelc.schedules.tuning import database, driver
+
+    db, target, winner = _with_searched_winner(tuned, tmp_path)
+    tdb = database.open_database(db, target)
+    imported = import_model(str(tuned.model))
+    build = driver._model_builder(imported, imported.mod, tdb, True, None)
+    (verdict,) = driver.model_check([driver.Task(TASK, tdb.workloads[0].mod, 1, 1.0)], tdb, build,
+                                    log=lambda *_: None, rounds=3)
+    assert verdict["record"] == winner and verdict["ratio"] > 0
+    doc = json.loads((db / VERIFIED).read_text())
+    doc["tasks"][0]["in_model"]["record"] = 10_000
+    (db / VERIFIED).write_text(json.dumps(doc))
+    with pytest.raises(DatabaseError, match="malformed in-model check"):
+        database.open_database(db, target)

@@ -85,6 +85,9 @@ class Verified:
     workload: int
     secs: dict  # {line: [seconds, ...]}
     cache: str = "warm"  # "flushed": each timed call after a flush of its non-first arguments
+    #: the searched winner timed inside the whole model against the default (``accelc tune``'s
+    #: model check): {"record": line, "ratio": model time with it / without, "kept": bool}
+    in_model: dict | None = None
 
     def median(self, line: int) -> float:
         import statistics
@@ -170,23 +173,29 @@ class TuningDB:
             self.verified[e.workload] = e
         doc = {"format": "accelc-verified/1", "tasks": [
             {"workload": e.workload, "workload_hash": _workload_hash(self.workloads[e.workload]),
-             "cache": e.cache, "records": {str(line): secs for line, secs in e.secs.items()}}
+             "cache": e.cache, "records": {str(line): secs for line, secs in e.secs.items()},
+             **({"in_model": e.in_model} if e.in_model else {})}
             for e in sorted(self.verified.values(), key=lambda e: e.workload)]}
         text = json.dumps(doc, indent=1)
         atomic_write(self.path / VERIFIED, lambda tmp: Path(tmp).write_text(text))
 
-    def for_compile(self):
+    def searched_winners(self) -> list[int]:
+        """Workloads whose verified winner is a searched record (what ``for_compile`` applies
+        beyond the default rules)."""
+        return [w for w in sorted(self.verified) if not self._default_wins(w)]
+
+    def for_compile(self, without=()):
         """The database ``compile --db`` applies, a copy in memory: a verified task has only
         its re-timed records, at their re-timed medians, so the side-by-side winner is the one
         applied; a task whose winner is the default schedule (stored when it was tuned) has no
         record at all, so today's default rules schedule it — replaying the stored one would
         pin the default of the accelc that tuned it (a database from before a better rule
-        would lose to the new default)."""
+        would lose to the new default). ``without``: workloads left to the default rules too."""
         from tvm.s_tir import meta_schedule as ms
 
         mem = ms.database.MemoryDatabase()
         wkls = [mem.commit_workload(w.mod) for w in self.workloads]
-        default_wins = {w for w in range(len(self.workloads)) if self._default_wins(w)}
+        default_wins = {w for w in range(len(self.workloads)) if self._default_wins(w)} | set(without)
         for r in self.records:
             ver = self.verified.get(r.workload)
             if r.tvm is None or r.workload in default_wins or (ver is not None and r.line not in ver.secs):
@@ -204,6 +213,8 @@ class TuningDB:
         ver = self.verified.get(workload)
         recs = {r.line: r for r in self.records if r.workload == workload and r.tvm is not None}
         if ver is not None:
+            if ver.in_model and ver.in_model["record"] == ver.winner and not ver.in_model["kept"]:
+                return True  # the side-by-side winner made the whole model slower
             best = recs.get(ver.winner)
         else:
             finite = [r for r in recs.values() if math.isfinite(r.secs)]
@@ -434,13 +445,19 @@ def _read_verified(file: Path, workloads: list, records: list[Record]) -> dict:
             raise bad(f"task {i} is malformed") from None
         if cache not in ("warm", "flushed"):
             raise bad(f"task {i} has an unknown cache state {cache!r}")
+        in_model = entry.get("in_model")
+        if in_model is not None and not (
+                isinstance(in_model, dict) and isinstance(in_model.get("record"), int)
+                and isinstance(in_model.get("kept"), bool) and isinstance(in_model.get("ratio"), (int, float))
+                and in_model["record"] in secs):
+            raise bad(f"task {i} has a malformed in-model check")
         if not 0 <= w < len(workloads) or entry.get("workload_hash") != _workload_hash(workloads[w]):
             raise bad(f"task {i} names workload {w}, which is not the one it was written for")
         for line, v in secs.items():
             if line not in by_line or by_line[line].workload != w or not v or not all(math.isfinite(x) for x in v):
                 raise bad(f"task {i} names record line {line}, which is not a measured record of workload {w}")
         if secs:
-            out[w] = Verified(w, secs, cache)
+            out[w] = Verified(w, secs, cache, in_model)
     return out
 
 

@@ -49,6 +49,8 @@ COST_MODELS = ("xgb", "tvm-xgb", "random")
 SAVED_MODEL = {"xgb": "cost_model-xgb.json", "tvm-xgb": "cost_model-tvm-xgb.tar"}  # in the database dir
 EVALUATOR = dict(number=3, repeat=3, min_repeat_ms=30)  # ≥ 90 ms a candidate, 3 samples
 VERIFY_TOP, VERIFY_ROUNDS = 3, 3  # searched records re-timed against the default, rounds
+#: model_check: interleaved rounds per searched winner, and the speedup it must bring the model
+MODEL_CHECK_ROUNDS, MODEL_CHECK_MARGIN = 9, 0.005
 #: The CPU verification times single calls, each after TVM's ``cache_flush_cpu_non_first_arg``
 #: (every argument but the first, the activation its producer just wrote, is flushed from the
 #: caches), as the kernel meets them inside the model: the search's back-to-back calls keep a
@@ -77,6 +79,7 @@ class TuneResult:
     tasks: list[Task]
     curve: curves.Curve
     measured: int = 0  # records this run added
+    model_check: list = field(default_factory=list)  # model_check's verdicts
     skipped: int = 0  # candidates dropped because the database already had them
     notes: list[str] = field(default_factory=list)  # what the user should know about the run
 
@@ -496,9 +499,11 @@ BUNDLED_WARM_START = "bundled"
 def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost_model: str = "xgb",
          warm_start=None, rpc: str | None = None, passes=(), input_shapes=None, calibration=None,
          fast_math: bool = True, target_options: dict | None = None, only=(), batch: int = 32,
-         seed: int = 0, progress: bool = True, log=print) -> TuneResult:
+         seed: int = 0, progress: bool = True, log=print, check_model: bool = True) -> TuneResult:
     """Tune ``model`` (what ``accelc.compile`` accepts) for ``target`` until the database at
-    ``db_dir`` holds ``trials`` search trials for the model's tasks; see the module docstring."""
+    ``db_dir`` holds ``trials`` search trials for the model's tasks; see the module docstring.
+    ``check_model``: on the CPU, measured locally, keep a searched winner only if it speeds up
+    the whole model (``model_check``)."""
     from ... import targets
     from ...compiler import pipeline
     from . import load_intrinsics
@@ -530,7 +535,7 @@ def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost
         comps = components(spec.name, tvm_target, rpc, fast_math)
         if comps["cost_kind"] in ("llvm", "cuda"):
             load_intrinsics(tvm_target.kind.name)
-        mod, name = _model_after_passes(model, input_shapes, passes, calibration)
+        mod, name, imported = _model_after_passes(model, input_shapes, passes, calibration)
         tasks = [t for t in comps["tasks"](mod) if not only or any(s in t.name for s in only)]
         if not tasks:
             what = f" matching --tasks {', '.join(only)}" if only else ""
@@ -540,15 +545,35 @@ def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost
         tdb = tdb or open_database(db_dir, tvm_target, create=True)
         for note in tdb.repaired:
             log(f"note: {note}")
+        build_model = None
+        if check_model and spec.name == "cpu" and rpc is None:
+            build_model = _model_builder(imported, mod, tdb, fast_math, target_options)
         return _tune(tasks, tdb, tvm_target, comps, name, spec.name, trials, cost_model, warm_start, batch,
-                     seed, progress, log)
+                     seed, progress, log, build_model)
     finally:
         if tdb is not None:
             tdb.close()
 
 
+def _model_builder(imported, mod, tdb: TuningDB, fast_math: bool, target_options):
+    """``without → CompiledModel``: the model as ``accelc compile --db`` builds it, with the
+    database minus the workloads ``without``."""
+    import dataclasses
+
+    from ...compiler import pipeline
+    from ...compiler.runtime import CompiledModel
+
+    def build(without):
+        ex, meta = pipeline.build(dataclasses.replace(imported, mod=mod), "cpu", database=tdb.for_compile(without),
+                                  fast_math=fast_math, target_options=target_options)
+        return CompiledModel(ex, meta, executable=ex)
+
+    return build
+
+
 def _model_after_passes(model, input_shapes, passes, calibration):
-    """(Relax module after the user's passes, model name): what ``accelc compile`` lowers."""
+    """(Relax module after the user's passes, model name, the import): what ``accelc compile``
+    lowers."""
     from ...compiler import pipeline
     from ...compiler.frontend import import_model
 
@@ -558,11 +583,11 @@ def _model_after_passes(model, input_shapes, passes, calibration):
         from ...compiler.calibrate import load_calibration
 
         samples = load_calibration(calibration, imported.inputs)
-    return pipeline.apply_passes(imported, passes, samples)[0], imported.name
+    return pipeline.apply_passes(imported, passes, samples)[0], imported.name, imported
 
 
 def _tune(tasks, tdb: TuningDB, tvm_target, comps, model_name, target_name, trials, cost_model, warm_start,
-          batch, seed, progress, log) -> TuneResult:
+          batch, seed, progress, log, build_model=None) -> TuneResult:
     """Default latencies (from the database if stored), trials already measured, the plan, the
     search, the reports."""
     result = TuneResult(tdb.path, tasks, None)  # type: ignore[arg-type]
@@ -600,6 +625,12 @@ def _tune(tasks, tdb: TuningDB, tvm_target, comps, model_name, target_name, tria
                             "their search spaces look exhausted")
     if comps["cost_kind"] != "sim":
         verify_best(tasks, tdb, tvm_target, comps, curve, log)
+    if build_model is not None:
+        result.model_check = model_check(tasks, tdb, build_model, log)
+        for t in tasks:
+            w = tdb.workload_index(t.mod)
+            if result.model_check and w in tdb.verified:
+                _curve_verified(curve, t, tdb, tdb.verified[w])
     curve.write(tdb.path)
     curve.plot(tdb.path)
     return result
@@ -677,6 +708,72 @@ def verify_best(tasks: list[Task], tdb: TuningDB, tvm_target, comps: dict, curve
     return entries
 
 
+def model_check(tasks: list[Task], tdb: TuningDB, build_model, log=print, rounds: int = MODEL_CHECK_ROUNDS,
+                margin: float = MODEL_CHECK_MARGIN) -> list[dict]:
+    """Each task whose side-by-side winner is a searched record, timed inside the whole model:
+    ``build_model(without)`` compiles it with the database minus the workloads ``without``;
+    the model with the winner and without it run in ``rounds`` interleaved rounds, and the
+    winner is kept only if the model is faster by more than ``margin`` (paired median ratio).
+    Tasks are tried in order of their side-by-side speedup, each against the model with the
+    winners kept so far. The verdicts go to ``accelc_verified.json`` (``compile --db`` leaves a
+    dropped winner's task to the default rules); a winner checked before is not checked again.
+
+    Why: kernels timed alone do not see what the kernels around them leave in the caches. On a
+    Zen 4 host the Matmul rule's default gives each core a chunk of rows, which the next kernel
+    reads on the same core; searched schedules split the columns instead, and winners of 1.03
+    to 1.13× side by side made DeiT and BERT 3-14% slower in the model."""
+    by_w = {tdb.workload_index(t.mod): t for t in tasks}
+    todo = []
+    for w in tdb.searched_winners():
+        ver = tdb.verified[w]
+        if w in by_w and not (ver.in_model and ver.in_model["record"] == ver.winner):
+            todo.append(w)
+    if not todo:
+        return []
+
+    def speedup(w):
+        ver = tdb.verified[w]
+        defaults = [line for line in ver.secs if not _record(tdb, line).searched]
+        return ver.median(defaults[0]) / ver.median(ver.winner) if defaults else 1.0
+
+    todo.sort(key=speedup, reverse=True)
+    log(f"checking {len(todo)} searched winner(s) inside the model ({rounds} interleaved rounds each)")
+    off = set(todo)
+    current = build_model(off)
+    verdicts = []
+    for w in todo:
+        trial = build_model(off - {w})
+        ratio = _paired_ratio(trial, current, rounds)
+        kept = ratio < 1.0 - margin
+        ver = tdb.verified[w]
+        ver.in_model = {"record": ver.winner, "ratio": round(ratio, 4), "kept": kept}
+        verdicts.append({"task": by_w[w].name, **ver.in_model, "side_by_side": round(speedup(w), 4)})
+        log(f"  {by_w[w].name}: {speedup(w):.2f}x side by side, model {ratio:.3f}x with it: "
+            + ("kept" if kept else "dropped (the default rules schedule it)"))
+        if kept:
+            off.discard(w)
+            current = trial
+    tdb.save_verified([tdb.verified[w] for w in todo])
+    return verdicts
+
+
+def _record(tdb: TuningDB, line: int):
+    return next(r for r in tdb.records if r.line == line)
+
+
+def _paired_ratio(a, b, rounds: int) -> float:
+    """Median over ``rounds`` of (a's latency / b's), the two timed back to back, alternating
+    which goes first."""
+    import statistics
+
+    ratios = []
+    for i in range(rounds):
+        pair = (a, b) if i % 2 == 0 else (b, a)
+        t = {id(m): m.benchmark(repeat=3, warmup=1).median_ms for m in pair}
+        ratios.append(t[id(a)] / t[id(b)])
+    return statistics.median(ratios)
+
+
 def _real_default(comps: dict, mod, tvm_target, replayed):
     """Today's default schedule of ``mod`` where its replayable form is ``replayed`` (the stored
     default record is today's: ``stale_defaults`` re-measures it otherwise), else ``replayed``."""
@@ -690,9 +787,12 @@ def _real_default(comps: dict, mod, tvm_target, replayed):
 
 
 def _curve_verified(curve, task: Task, tdb: TuningDB, ver) -> None:
-    """Tell the curve the task's side-by-side timing: its default's median and the winner's."""
+    """Tell the curve the task's side-by-side timing: its default's median and the winner's
+    (the default's again when the model check dropped the winner: what ``compile --db`` runs)."""
     default = [r.line for r in tdb.records if r.workload == ver.workload and not r.searched and r.line in ver.secs]
-    curve.verified(task.name, ver.median(default[0]) if default else None, ver.median(ver.winner))
+    before = ver.median(default[0]) if default else None
+    dropped = ver.in_model and ver.in_model["record"] == ver.winner and not ver.in_model["kept"]
+    curve.verified(task.name, before, before if dropped and before is not None else ver.median(ver.winner))
 
 
 def _run(todo, tasks, tdb: TuningDB, tvm_target, comps, curve, cost_model_name, warm_start, batch, seed,
