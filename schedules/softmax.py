@@ -45,6 +45,30 @@ def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.max(two_n * y, xc)
 
 
+def fold_steps(lanes: int) -> tuple[int, int, int, int]:
+    """The halving steps (8, 4, 2, 1) that fold ``lanes`` partials into one, 0 where a step
+    does not apply (``fold`` skips it)."""
+    return tuple(h if h < lanes else 0 for h in (8, 4, 2, 1))
+
+
+@T.macro
+def fold(part, h, op):
+    """``part[0:h] = op(part[0:h], part[h:2h])``: one vector step of a tree of log2(lanes),
+    not a lanes-long scalar dependency chain (that chain took a third of the softmax kernel's
+    time). ``h = 0``: nothing."""
+    if h > 0:
+        for l in T.vectorized(h):
+            part[l] = op(part[l], part[l + h])
+
+
+def fmax(a, b):
+    return T.max(a, b)
+
+
+def fadd(a, b):
+    return a + b
+
+
 def softmax_rows(shape, lanes: int) -> tirx.PrimFunc:
     """``y = softmax(x, axis=-1)`` for a float32 tensor of ``shape`` (static), rows of
     ``n = shape[-1]`` elements with ``n > lanes``; whole vectors of ``lanes`` then a scalar tail."""
@@ -57,21 +81,7 @@ def softmax_rows(shape, lanes: int) -> tirx.PrimFunc:
     NV, NT = N // L, N % L
     if L & (L - 1) or L > 16:
         raise ValueError(f"softmax_rows: {L} lanes is no power of two up to 16")
-    H16, H8, H4, H2 = (h if h < L else 0 for h in (8, 4, 2, 1))  # fold steps from L lanes down to 1
-
-    @T.macro
-    def fold(part, h, op):
-        # part[0:h] = op(part[0:h], part[h:2h]): a tree of log2(lanes) vector steps, not a
-        # lanes-long scalar dependency chain (that chain took a third of the kernel's time)
-        if h > 0:
-            for l in T.vectorized(h):
-                part[l] = op(part[l], part[l + h])
-
-    def fmax(a, b):
-        return T.max(a, b)
-
-    def fadd(a, b):
-        return a + b
+    H16, H8, H4, H2 = fold_steps(L)
 
     @T.prim_func(private=True, s_tir=True)
     def softmax(x: T.Buffer(shape, "float32"), y: T.Buffer(shape, "float32")):
@@ -124,4 +134,4 @@ def softmax_rows(shape, lanes: int) -> tirx.PrimFunc:
     return softmax
 
 
-__all__ = ["fast_exp", "softmax_rows"]
+__all__ = ["fadd", "fast_exp", "fmax", "fold", "fold_steps", "softmax_rows"]

@@ -218,11 +218,8 @@ def _query(tdb, target):
     return tvm_ffi.structural_hash(rec.as_measure_candidate().sch.mod) if rec is not None else None
 
 
-def test_compile_applies_the_side_by_side_winner_not_the_fastest_stored_time(tuned, tmp_path):
-    """A record whose search time was a lucky sample loses to the one that wins side by side."""
-    import tvm_ffi
-    from tvm.s_tir import meta_schedule as ms
-
+def _db_copy(tuned, tmp_path):
+    """(copy of the tuned database, host target, the copy opened)."""
     from accelc.schedules.tuning import database, load_intrinsics
     from accelc.targets import cpu
 
@@ -230,7 +227,17 @@ def test_compile_applies_the_side_by_side_winner_not_the_fastest_stored_time(tun
     target = cpu.host_target()
     db = tmp_path / "db"
     shutil.copytree(tuned.db, db)
-    tdb = database.open_database(db, target)
+    return db, target, database.open_database(db, target)
+
+
+def test_compile_applies_the_side_by_side_winner_not_the_fastest_stored_time(tuned, tmp_path):
+    """A record whose search time was a lucky sample loses to the one that wins side by side."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.schedules.tuning import database
+
+    db, target, tdb = _db_copy(tuned, tmp_path)
     by_line = {r.line: tvm_ffi.structural_hash(r.tvm.as_measure_candidate().sch.mod) for r in tdb.records}
     stock = ms.database.JSONDatabase(work_dir=str(db), allow_missing=False)
     fastest_stored = min(tdb.records, key=lambda r: r.secs).line
@@ -743,14 +750,7 @@ class _FakeModel:
 
 def _with_searched_winner(tuned, tmp_path):
     """A copy of the tuned database whose verification makes a searched record the winner."""
-    from accelc.schedules.tuning import database, load_intrinsics
-    from accelc.targets import cpu
-
-    load_intrinsics("llvm")
-    target = cpu.host_target()
-    db = tmp_path / "db"
-    shutil.copytree(tuned.db, db)
-    tdb = database.open_database(db, target)
+    db, target, tdb = _db_copy(tuned, tmp_path)
     winner = next(r.line for r in tdb.records if r.searched)
     doc = json.loads((db / VERIFIED).read_text())
     doc["tasks"][0]["records"] = {str(r.line): [1e-6 if r.line == winner else 2e-6] * 3 for r in tdb.records}

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from tvm import tirx
 from tvm.script import tirx as T
 
-from ..softmax import fast_exp
+from ..softmax import fadd, fast_exp, fmax, fold, fold_steps
 
 #: Masked scores: float32's lowest finite value, what HF's masks write (exp underflows to 0).
 NEG = -3.4028234663852886e38
@@ -87,21 +87,9 @@ def fused_attention(b: int, h: int, n: int, d: int, scale: float, lanes: int, re
     KB = d // L
     TAIL = n % L != 0  # the last key vector has padding lanes
     SCALE = float(scale)
-    H8, H4, H2, H1 = (hh if hh < L else 0 for hh in (8, 4, 2, 1))
+    H8, H4, H2, H1 = fold_steps(L)
     qshape, kshape, vshape = (tuple(int(s) for s in x.root_shape) for x in (q, k, v))
     qsize, ksize, vsize = (math.prod(s) for s in (qshape, kshape, vshape))
-
-    @T.macro
-    def fold(part, hh, op):
-        if hh > 0:
-            for l in T.vectorized(hh):
-                part[l] = op(part[l], part[l + hh])
-
-    def fmax(x, y):
-        return T.max(x, y)
-
-    def fadd(x, y):
-        return x + y
 
     # a task's batch, head and first query row, heads innermost: the pool's contiguous share
     # of tasks per thread is then a band of rows, which the next GEMM (one chunk of rows per
