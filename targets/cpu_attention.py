@@ -19,9 +19,6 @@ CPU softmax uses) and only for float32 sites whose head dimension is whole vecto
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
@@ -44,8 +41,9 @@ def _strides(shape) -> list[int]:
 
 def trace_view(g: _Graph, expr, depth: int = 0):
     """``(root, offset, strides)``: ``expr``'s elements as a strided view of ``root``, the
-    tensor it was sliced from through ``take`` (constant scalar index), ``reshape`` (of a
-    contiguous view) and ``permute_dims``; ``root = expr`` itself when it is none of those."""
+    tensor it was sliced from through ``take`` (constant scalar index), ``split``, ``reshape``
+    (where NumPy would reshape the view without a copy) and ``permute_dims``; ``root = expr``
+    itself when it is none of those."""
     shape = static_shape(expr)
     if shape is None:
         return None
