@@ -68,6 +68,23 @@ def module_pass(name: str):
     return wrap
 
 
+def constant_take(call) -> tuple[int, int] | None:
+    """``(axis, index)`` of ``take(x, i, axis)`` with a constant scalar ``i`` within x's static
+    extent on that axis (negative ``i`` counted from the end); None for any other take."""
+    import tvm
+
+    x, idx = call.args
+    if not isinstance(idx, tvm.ir.expr.Constant) or idx.value.numpy().ndim != 0 or call.attrs.axis is None:
+        return None
+    shape = static_shape(x)
+    if shape is None:
+        return None
+    axis = int(call.attrs.axis) % len(shape)
+    i = int(idx.value.numpy())
+    i = i + shape[axis] if i < 0 else i
+    return (axis, i) if 0 <= i < shape[axis] else None
+
+
 def static_shape(expr) -> list[int] | None:
     """A Relax expression's static shape as ints (None when unknown or symbolic)."""
     shape = getattr(getattr(expr, "ty", None), "shape", None)

@@ -22,7 +22,7 @@ from ..errors import ArtifactError
 from ..schedules.cpu import default_rules
 from .cpu_attention import fuse_attention
 from .cpu_fusion import fuse_layout_into_matmul
-from ..passes import static_shape
+from ..passes import constant_take, static_shape
 from .graph_opt import fold_batch_norm, has_op
 
 TAG = "accelc/cpu"
@@ -231,17 +231,12 @@ def _take_constant(bb: relax.BlockBuilder, call: relax.Call):
     index from a tensor at run time: an opaque gather (op pattern 8) that fuses with nothing and
     copies element by element; a static slice is injective, so FuseOps fuses it with the
     transpose that follows (DeiT's K) and it vectorizes."""
-    x, idx = call.args
-    if not isinstance(idx, tvm.ir.expr.Constant) or idx.value.numpy().ndim != 0 or call.attrs.axis is None:
+    taken = constant_take(call)
+    if taken is None:  # also out of range: TVM's legalization keeps its own (run-time) behaviour
         return None
+    axis, i = taken
+    x = call.args[0]
     shape = static_shape(x)
-    if shape is None:
-        return None
-    axis = int(call.attrs.axis) % len(shape)
-    i = int(idx.value.numpy())
-    i = i + shape[axis] if i < 0 else i
-    if not 0 <= i < shape[axis]:
-        return None  # out of range: TVM's legalization keeps its own (run-time) behaviour
     out_shape = shape[:axis] + shape[axis + 1:]
 
     def take(t):

@@ -24,7 +24,7 @@ from tvm import relax
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 from tvm.target import Target
 
-from ..passes import static_shape
+from ..passes import constant_take, static_shape
 from ..passes.attention import _Graph, _op, find_sites, key_bias_2d
 
 #: Longest key sequence fused: a task keeps ``mr × N`` scores (14 × 8192 × 4 B = 448 KiB).
@@ -63,21 +63,21 @@ def trace_view(g: _Graph, expr, depth: int = 0):
         return own
     root, offset, strides = inner
     if op == "relax.permute_dims":
-        axes = value.attrs.axes
-        axes = list(range(len(src_shape)))[::-1] if axes is None else [int(a) for a in axes]
-        return root, offset, [strides[a] for a in axes]
+        return root, offset, [strides[a] for a in _axes(value, len(src_shape))]
     if op == "relax.reshape":
         new = _reshaped_strides(src_shape, strides, shape)
         return own if new is None else (root, offset, new)
-    idx = value.args[1]
-    if value.attrs.axis is None or not isinstance(idx, tvm.ir.expr.Constant) or idx.value.numpy().ndim != 0:
+    taken = constant_take(value)
+    if taken is None:
         return own
-    axis = int(value.attrs.axis) % len(src_shape)
-    i = int(idx.value.numpy())
-    i = i + src_shape[axis] if i < 0 else i
-    if not 0 <= i < src_shape[axis]:
-        return own
+    axis, i = taken
     return root, offset + i * strides[axis], strides[:axis] + strides[axis + 1:]
+
+
+def _axes(permute, ndim: int) -> list[int]:
+    """A ``permute_dims`` call's axes (None: reversed)."""
+    axes = permute.attrs.axes
+    return list(range(ndim))[::-1] if axes is None else [int(a) for a in axes]
 
 
 def _reshaped_strides(old_shape, old_strides, new_shape):
@@ -154,9 +154,7 @@ def fold_permutes(func: relax.Function) -> relax.Function:
         n = len(static_shape(x) or [])
         if not n:
             return expr
-        p1 = list(range(n))[::-1] if first.attrs.axes is None else [int(a) for a in first.attrs.axes]
-        p2 = list(range(n))[::-1] if expr.attrs.axes is None else [int(a) for a in expr.attrs.axes]
-        p = _compose(p1, p2)
+        p = _compose(_axes(first, n), _axes(expr, n))
         return x if p == list(range(n)) else relax.op.permute_dims(x, p)
 
     return rewrite_call(pat, rewriter, func)

@@ -104,12 +104,17 @@ def test_row_tile():
         fused_attention(1, 1, 8, 12, 0.5, 16, 32, *(contiguous((1, 1, 8, 12)),) * 3)
 
 
-def _kernels(model, fast_math=True):
+def _lowered(model, fast_math=True):
+    """The model after the CPU target's front passes (what the schedule rules see)."""
     from accelc.compiler.frontend import import_model
 
     mod = import_model(model).mod
     with HOST, tvm.transform.PassContext(opt_level=3):
-        lowered = tvm.transform.Sequential(cpu.front_passes(HOST, fast_math))(mod)
+        return tvm.transform.Sequential(cpu.front_passes(HOST, fast_math))(mod)
+
+
+def _kernels(model, fast_math=True, lowered=None):
+    lowered = lowered or _lowered(model, fast_math)
     return [gv.name_hint for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
 
 
@@ -155,15 +160,10 @@ def test_zoo_attentions_are_fused_and_read_their_projections_in_place():
     from accelc import models
 
     for name, count in (("deit-tiny", 12), ("bert-encoder", 6), ("gpt2-like", 4)):
-        model = models.build(name)
-        from accelc.compiler.frontend import import_model
-
-        mod = import_model(model).mod
-        with HOST, tvm.transform.PassContext(opt_level=3):
-            lowered = tvm.transform.Sequential(cpu.front_passes(HOST))(mod)
+        lowered = _lowered(models.build(name))
         calls = [c for c in _calls(lowered["main"]) if c.startswith("attention_fused")]
         assert len(calls) == count, (name, calls)
-        names = [gv.name_hint for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        names = _kernels(None, lowered=lowered)
         assert not any("softmax" in k for k in names), (name, names)
         if name == "deit-tiny":  # Q, K and V are not copied out of the stacked QKV
             assert not any(k.startswith("take_const") and "matmul" not in k for k in names), names

@@ -83,8 +83,7 @@ def fused_attention(b: int, h: int, n: int, d: int, scale: float, lanes: int, re
     NB = math.ceil(n / L)  # key vectors, the last one padded
     NP = NB * L
     RB = math.ceil(n / MR)
-    DV = d // L
-    KB = d // L
+    DV = d // L  # vectors of d: the pack's blocks and P·V's column tiles
     TAIL = n % L != 0  # the last key vector has padding lanes
     SCALE = float(scale)
     H8, H4, H2, H1 = fold_steps(L)
@@ -115,15 +114,15 @@ def fused_attention(b: int, h: int, n: int, d: int, scale: float, lanes: int, re
     def body(qf, kf, vf, bias, of):
         kp = T.alloc_buffer((b, h, NB, d, L), "float32")
         # 1. Kᵀ packed per head, in lanes × lanes blocks (rows of K are read whole)
-        for t in T.parallel(b * h * NB * KB):
+        for t in T.parallel(b * h * NB * DV):
             with T.sblock("pack"):
                 T.reads(kf[0:ksize])
                 T.writes(kp[0:b, 0:h, 0:NB, 0:d, 0:L])
                 for kk in T.unroll(L):
                     for l in T.vectorized(L):
                         # keys past n repeat the last one: their scores are masked anyway
-                        kp[t // (h * NB * KB), t // (NB * KB) % h, t // KB % NB, t % KB * L + kk, l] = k.at(
-                            kf, t // (h * NB * KB), t // (NB * KB) % h, T.min(t // KB % NB * L + l, n - 1), t % KB * L + kk)
+                        kp[t // (h * NB * DV), t // (NB * DV) % h, t // DV % NB, t % DV * L + kk, l] = k.at(
+                            kf, t // (h * NB * DV), t // (NB * DV) % h, T.min(t // DV % NB * L + l, n - 1), t % DV * L + kk)
         for t in T.parallel(b * h * RB):
             with T.sblock("rows"):
                 T.reads(qf[0:qsize], vf[0:vsize], kp[0:b, 0:h, 0:NB, 0:d, 0:L])

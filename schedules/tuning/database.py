@@ -89,6 +89,13 @@ class Verified:
     #: model check): {"record": line, "ratio": model time with it / without, "kept": bool}
     in_model: dict | None = None
 
+    def model_kept(self) -> bool | None:
+        """The model check's verdict on the current winner: kept, dropped, or None when it was
+        not judged (never, or a record that is no longer the winner)."""
+        if self.in_model and self.in_model["record"] == self.winner:
+            return self.in_model["kept"]
+        return None
+
     def median(self, line: int) -> float:
         import statistics
 
@@ -213,7 +220,7 @@ class TuningDB:
         ver = self.verified.get(workload)
         recs = {r.line: r for r in self.records if r.workload == workload and r.tvm is not None}
         if ver is not None:
-            if ver.in_model and ver.in_model["record"] == ver.winner and not ver.in_model["kept"]:
+            if ver.model_kept() is False:
                 return True  # the side-by-side winner made the whole model slower
             best = recs.get(ver.winner)
         else:

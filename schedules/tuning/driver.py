@@ -627,10 +627,11 @@ def _tune(tasks, tdb: TuningDB, tvm_target, comps, model_name, target_name, tria
         verify_best(tasks, tdb, tvm_target, comps, curve, log)
     if build_model is not None:
         result.model_check = model_check(tasks, tdb, build_model, log)
-        for t in tasks:
-            w = tdb.workload_index(t.mod)
-            if result.model_check and w in tdb.verified:
-                _curve_verified(curve, t, tdb, tdb.verified[w])
+        if result.model_check:  # the table shows what compile --db now runs
+            for t in tasks:
+                w = tdb.workload_index(t.mod)
+                if w in tdb.verified:
+                    _curve_verified(curve, t, tdb, tdb.verified[w])
     curve.write(tdb.path)
     curve.plot(tdb.path)
     return result
@@ -723,20 +724,15 @@ def model_check(tasks: list[Task], tdb: TuningDB, build_model, log=print, rounds
     reads on the same core; searched schedules split the columns instead, and winners of 1.03
     to 1.13× side by side made DeiT and BERT 3-14% slower in the model."""
     by_w = {tdb.workload_index(t.mod): t for t in tasks}
-    todo = []
+    speedup = {}  # workload → the winner's side-by-side speedup over the default
     for w in tdb.searched_winners():
         ver = tdb.verified[w]
-        if w in by_w and not (ver.in_model and ver.in_model["record"] == ver.winner):
-            todo.append(w)
-    if not todo:
+        if w in by_w and ver.model_kept() is None:
+            default = _verified_default(tdb, ver)
+            speedup[w] = ver.median(default) / ver.median(ver.winner) if default is not None else 1.0
+    if not speedup:
         return []
-
-    def speedup(w):
-        ver = tdb.verified[w]
-        defaults = [line for line in ver.secs if not _record(tdb, line).searched]
-        return ver.median(defaults[0]) / ver.median(ver.winner) if defaults else 1.0
-
-    todo.sort(key=speedup, reverse=True)
+    todo = sorted(speedup, key=speedup.get, reverse=True)
     log(f"checking {len(todo)} searched winner(s) inside the model ({rounds} interleaved rounds each)")
     off = set(todo)
     current = build_model(off)
@@ -747,8 +743,8 @@ def model_check(tasks: list[Task], tdb: TuningDB, build_model, log=print, rounds
         kept = ratio < 1.0 - margin
         ver = tdb.verified[w]
         ver.in_model = {"record": ver.winner, "ratio": round(ratio, 4), "kept": kept}
-        verdicts.append({"task": by_w[w].name, **ver.in_model, "side_by_side": round(speedup(w), 4)})
-        log(f"  {by_w[w].name}: {speedup(w):.2f}x side by side, model {ratio:.3f}x with it: "
+        verdicts.append({"task": by_w[w].name, **ver.in_model, "side_by_side": round(speedup[w], 4)})
+        log(f"  {by_w[w].name}: {speedup[w]:.2f}x side by side, model {ratio:.3f}x with it: "
             + ("kept" if kept else "dropped (the default rules schedule it)"))
         if kept:
             off.discard(w)
@@ -757,8 +753,10 @@ def model_check(tasks: list[Task], tdb: TuningDB, build_model, log=print, rounds
     return verdicts
 
 
-def _record(tdb: TuningDB, line: int):
-    return next(r for r in tdb.records if r.line == line)
+def _verified_default(tdb: TuningDB, ver) -> int | None:
+    """The record line of the default schedule among a verification's records, if timed."""
+    return next((r.line for r in tdb.records if r.workload == ver.workload and not r.searched
+                 and r.line in ver.secs), None)
 
 
 def _paired_ratio(a, b, rounds: int) -> float:
@@ -789,9 +787,9 @@ def _real_default(comps: dict, mod, tvm_target, replayed):
 def _curve_verified(curve, task: Task, tdb: TuningDB, ver) -> None:
     """Tell the curve the task's side-by-side timing: its default's median and the winner's
     (the default's again when the model check dropped the winner: what ``compile --db`` runs)."""
-    default = [r.line for r in tdb.records if r.workload == ver.workload and not r.searched and r.line in ver.secs]
-    before = ver.median(default[0]) if default else None
-    dropped = ver.in_model and ver.in_model["record"] == ver.winner and not ver.in_model["kept"]
+    default = _verified_default(tdb, ver)
+    before = ver.median(default) if default is not None else None
+    dropped = ver.model_kept() is False
     curve.verified(task.name, before, before if dropped and before is not None else ver.median(ver.winner))
 
 
