@@ -790,7 +790,7 @@ def test_model_check_keeps_a_searched_winner_only_if_the_model_gets_faster(tuned
     assert _query(database.open_database(db, target), target) is None
 
 
-def test_model_check_builds_the_real_model_and_a_bad_verdict_is_refused(tuned, tmp_path):
+def test_model_check_builds_the_real_model_and_a_bad_verdict_is_refused(tuned, tmp_path, capsys):
     """With the real builder (the model as ``compile --db`` makes it, minus some workloads) the
     check runs end to end; a verification file whose verdict names no timed record is corrupt."""
     from accelc.compiler.frontend import import_model
@@ -809,3 +809,6 @@ def test_model_check_builds_the_real_model_and_a_bad_verdict_is_refused(tuned, t
     (db / VERIFIED).write_text(json.dumps(doc))
     with pytest.raises(DatabaseError, match="malformed in-model check"):
         database.open_database(db, target)
+    rc, _, err = run_main(capsys, "compile", tuned.model, "--db", db, "-o", tmp_path / "m.so")
+    assert_one_line_error(rc, err, f"{db / VERIFIED}", "malformed in-model check")
+    assert not (tmp_path / "m.so").exists()
