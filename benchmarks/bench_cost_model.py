@@ -1,7 +1,7 @@
 """How well do cost models rank schedules of tasks they never saw? Ours vs TVM's vs random.
 
     python -m accelc.benchmarks.bench_cost_model [--target cpu|sim] [--ablation] [--online 32]
-                                                 [--pool] [--collect | --remeasure]
+                                                 [--pool] [--asm] [--collect | --remeasure]
 
 Records: ``benchmarks/data/costmodel/<task>/`` (MetaSchedule JSON databases, gzipped; see
 ``accelc.schedules.tuning.dataset``): 16 zoo tasks x 96 candidates. ``--collect`` samples and
@@ -142,16 +142,20 @@ def ours(train, test, **kw):
     from accelc.schedules.tuning.cost_model import AccelcXGBModel
 
     cols = kw.pop("cols", None)
+    population = kw.pop("population", False)  # asm: score the test without the assembly group
     model = AccelcXGBModel(**kw)
 
-    def x(t):
+    def x(t, asm=True):
         v = _as(t.x, model.aggregate)
-        return v if cols is None else _pad(v, cols)
+        v = v if cols is None else _pad(v, cols)
+        if model.asm is None:
+            return v
+        return np.hstack([v, t.asm if asm else np.full_like(t.asm, np.nan)]).astype("float32")
 
     for t in train:
         model.add(shash2hex(t.context.mod), x(t), t.latency)
     model.fit()
-    return model, model.score(x(test))
+    return model, model.score(x(test, asm=not population))
 
 
 def _pad(x, cols):  # keep only `cols`, zero the rest (same width, so the model is unchanged)
@@ -272,6 +276,9 @@ def main(argv=None) -> int:
                     help="train every model on the training pool too (dataset.POOL_VARIANTS: the zoo's "
                          "architectures at other sizes; never held out); with --collect, collect the pool")
     ap.add_argument("--ablation", action="store_true", help="also other objectives and feature sets")
+    ap.add_argument("--asm", action="store_true",
+                    help="also ours with the assembly features (xgb-asm; every candidate built once, cached): "
+                         "ranking with them, and the same model ranking without them (as for a population)")
     ap.add_argument("--online", type=int, default=0, metavar="K",
                     help="also rank with K of the held-out task's own records known (warm start)")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (default: DATA/results.json)")
@@ -335,6 +342,14 @@ def main(argv=None) -> int:
     if args.pool:
         pool = [t for t in load(DATA_POOL, kind=kind) if t.valid.sum() >= 2]
         print(f"training pool: {len(pool)} tasks, {sum(int(t.valid.sum()) for t in pool)} valid records")
+    if args.asm:
+        if sim:
+            raise UsageError("--asm: the assembly features read x86 code; the sim target's tasks have none")
+        from accelc.schedules.tuning import dataset
+
+        dataset.load_asm_features(args.data, tasks)
+        if pool:
+            dataset.load_asm_features(DATA_POOL, pool)
 
     from accelc.schedules.tuning.features import CPU_NAMES, PER_STORE_LENGTH
 
@@ -348,6 +363,9 @@ def main(argv=None) -> int:
         no_exact = list(range(P + 1)) + [P + 1 + i for i, n in enumerate(feature_names("sim")[P:])
                                          if n not in SIM_EXACT_NAMES]
         models["ours-no-exact-sim"] = lambda tr, te: ours(tr, te, target_kind="sim", cols=no_exact)
+    if args.asm:
+        models["ours-asm"] = lambda tr, te: ours(tr, te, asm=True)
+        models["ours-asm-no-build"] = lambda tr, te: ours(tr, te, asm=True, population=True)
     if args.ablation and not sim:
         psf_only = list(range(PER_STORE_LENGTH + 1))
         target_only = list(range(PER_STORE_LENGTH + 1, PER_STORE_LENGTH + 1 + len(CPU_NAMES)))

@@ -463,12 +463,13 @@ def _add_tune_parser(sub) -> None:
                         "(default 64; each task's default schedule is measured once on top)")
     t.add_argument("--db", metavar="DIR", help="database directory, created or resumed (default: "
                                                 "MODEL-TARGET.tune in the current directory)")
-    t.add_argument("--cost-model", default="xgb", choices=["xgb", "tvm-xgb", "random"],
-                   help="what ranks candidates before measuring (default xgb); saved in DIR at the end, "
-                        "and the next run on DIR warm-starts from it")
+    t.add_argument("--cost-model", default="xgb", choices=["xgb", "xgb-asm", "tvm-xgb", "random"],
+                   help="what ranks candidates before measuring (default xgb; xgb-asm, -t cpu: also builds "
+                        "the search's best 4x batch and re-ranks them by their x86 assembly); saved in DIR "
+                        "at the end, and the next run on DIR warm-starts from it")
     t.add_argument("--cost-model-warm-start", metavar="PATH",
-                   help="start the cost model from this saved one; 'bundled' (-t cpu, xgb): from one trained "
-                        "on accelc's bundled CPU records (122 tasks; trained once, then cached)")
+                   help="start the cost model from this saved one; 'bundled' (-t cpu, xgb or xgb-asm): from one "
+                        "trained on accelc's bundled CPU records (122 tasks; trained once, then cached)")
     t.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on the RPC servers registered with this "
                    "TVM tracker under KEY (python -m tvm.exec.rpc_tracker / rpc_server)")
     t.add_argument("--tasks", action="append", default=[], metavar="SUBSTRING",
@@ -512,6 +513,8 @@ def cmd_tune(args) -> int:
     for note in res.notes:
         print(f"note: {note}")
     skipped = f", {res.skipped} candidate(s) skipped as already measured" if res.skipped else ""
+    if res.reranked:
+        skipped += f", picked from {res.reranked} proposal(s) by their assembly"
     print(f"measured {res.measured} new schedule(s){skipped}; database {db} "
           f"({sum(1 for _ in open(db / 'database_tuning_record.json'))} records), reports {db / 'curve.json'}, "
           f"{db / 'curve.png'}")

@@ -812,3 +812,24 @@ def test_model_check_builds_the_real_model_and_a_bad_verdict_is_refused(tuned, t
     rc, _, err = run_main(capsys, "compile", tuned.model, "--db", db, "-o", tmp_path / "m.so")
     assert_one_line_error(rc, err, f"{db / VERIFIED}", "malformed in-model check")
     assert not (tmp_path / "m.so").exists()
+
+
+def test_xgb_asm_reranks_by_assembly_and_saves_its_model(tuned, tmp_path, capsys):
+    """``--cost-model xgb-asm``: once the model has trained on the first batch, every batch is
+    the best of four batches' proposals by their assembly; its model (with the assembly group)
+    is saved beside the database, and it is a CPU model only."""
+    from accelc.schedules.tuning.cost_model import AccelcXGBModel
+
+    db = tmp_path / "db"
+    args = ["tune", tuned.model, "--db", db, "--trials", "6", "--batch", "2", "--tasks", TASK,
+            "--cost-model", "xgb-asm", "--no-progress", "--no-model-check"]
+    rc, out, err = run_main(capsys, *args)
+    assert rc == 0, err
+    assert "by their assembly" in out, out  # batches 2 and 3: up to 8 proposals each
+    assert len(lines(db / RECORDS)) == 7  # the default schedule + 6 searched
+    model = AccelcXGBModel(asm=True)
+    model.load(str(db / "cost_model-xgb-asm.json"))
+    assert model.n_records == 6 and model.booster is not None
+    rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "sim", "--passes", "int8", "--db", tmp_path / "sim",
+                          "--cost-model", "xgb-asm", "--trials", "2")
+    assert_one_line_error(rc, err, "xgb-asm", "-t cpu")

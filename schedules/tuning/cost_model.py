@@ -12,8 +12,12 @@ write one JSON file (XGBoost's native JSON model + our metadata + the training r
 the pooled records (``warm_mode="pooled"``, default: it ranked best) or adding boosting rounds
 on top of the loaded trees (``"continue"``).
 
-``make_cost_model(name, ...)`` gives the tuner one of ``xgb`` (this), ``tvm-xgb`` (TVM's stock
-``XGBModel``) or ``random``.
+``asm=True`` (``xgb-asm``) adds the assembly group of ``asm_features``: each candidate built and
+its x86 code counted. Too slow for whole populations, so ``predict`` scores them with that group
+missing and ``rerank`` scores the search's best few with it (the tuner's ``SkipMeasured``).
+
+``make_cost_model(name, ...)`` gives the tuner one of ``xgb`` (this), ``xgb-asm`` (this with the
+assembly stage), ``tvm-xgb`` (TVM's stock ``XGBModel``) or ``random``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.cost_model import PyCostModel
 
 from ...errors import ArtifactError, UsageError
+from .asm_features import ASM_FEATURE_VERSION, ASM_NAMES, AsmFeatures
 from .features import FEATURE_VERSION, PER_STORE_LENGTH, AccelcFeatures
 
 FORMAT = "accelc.cost_model"
@@ -92,7 +97,7 @@ class AccelcXGBModel(PyCostModel):
     def __init__(self, target_kind: str = "llvm", *, objective: str = "rank:pairwise",
                  aggregate: str = "mean", warm_start: str | os.PathLike | None = None, warm_mode: str = "pooled",
                  seed: int = 0, rounds: int = DEFAULT_ROUNDS, params: dict | None = None,
-                 extractor=None, nthread: int = 1):
+                 extractor=None, nthread: int = 1, asm: bool = False):
         super().__init__()
         if objective not in ("rank:pairwise", "rank:ndcg", "reg:squarederror"):
             raise UsageError(f"unknown cost-model objective '{objective}'; use rank:pairwise, "
@@ -104,6 +109,8 @@ class AccelcXGBModel(PyCostModel):
         self.target_kind = target_kind
         self.extractor = extractor or AccelcFeatures(target_kind)
         self.n_target = len(self.extractor.names) - PER_STORE_LENGTH
+        # the assembly group (second stage: ``rerank``); populations are scored without it
+        self.asm = AsmFeatures() if asm else None
         self.objective, self.aggregate, self.warm_mode = objective, aggregate, warm_mode
         self.seed, self.rounds = seed, rounds
         self.params = {**DEFAULT_PARAMS, **(params or {})}
@@ -123,14 +130,26 @@ class AccelcXGBModel(PyCostModel):
     def n_records(self) -> int:
         return sum(len(g.latency) for g in self.groups.values())
 
-    def features(self, context, candidates) -> np.ndarray:
+    def features(self, context, candidates, with_asm: bool = True) -> np.ndarray:
+        """Aggregated feature vectors; with the assembly group (built, memoized) if this model
+        has it and ``with_asm``, else that group NaN (XGBoost's missing values)."""
         rows = self.extractor.extract_from(context, candidates)
-        return np.stack([aggregate(r.numpy(), self.n_target, self.aggregate) for r in rows]) if rows else \
-            np.zeros((0, self.n_features), dtype="float32")
+        if not rows:
+            return np.zeros((0, self.n_features), dtype="float32")
+        x = np.stack([aggregate(r.numpy(), self.n_target, self.aggregate) for r in rows])
+        if self.asm is None:
+            return x
+        extra = self.asm.extract(context, candidates) if with_asm else np.full((len(x), len(ASM_NAMES)), np.nan)
+        return np.hstack([x, extra]).astype("float32")
 
     @property
     def n_features(self) -> int:
-        return (1 if self.aggregate == "mean" else 3) * PER_STORE_LENGTH + 1 + self.n_target
+        return (1 if self.aggregate == "mean" else 3) * PER_STORE_LENGTH + 1 + self.n_target + \
+            (len(ASM_NAMES) if self.asm is not None else 0)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.extractor.names) + (list(ASM_NAMES) if self.asm is not None else [])
 
     def add(self, key: str, x: np.ndarray, latency) -> None:
         """Record measured candidates (aggregated features ``x``, latencies in seconds)."""
@@ -148,9 +167,14 @@ class AccelcXGBModel(PyCostModel):
             keys = [k for k in keys if k not in self.base_groups]
         if not keys:
             return
-        x = np.concatenate([np.stack(self.groups[k].x) for k in keys])
-        y = np.concatenate([throughput_labels(self.groups[k].latency) for k in keys])
-        qid = np.concatenate([np.full(len(self.groups[k].latency), i) for i, k in enumerate(keys)])
+        xs = [np.stack(self.groups[k].x) for k in keys]
+        ys = [throughput_labels(self.groups[k].latency) for k in keys]
+        if self.asm is not None:  # every group once more without the assembly group: one booster
+            n = len(ASM_NAMES)      # ranks populations (no builds) and re-ranks their best (built)
+            xs += [np.hstack([x[:, :-n], np.full((len(x), n), np.nan, "float32")]) for x in xs]
+            ys += ys
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        qid = np.concatenate([np.full(len(v), i) for i, v in enumerate(ys)])
         params = {**self.params, "objective": self.objective, "seed": self.seed, "verbosity": 0}
         params["nthread"] = self.nthread  # one: small data, and OpenMP spinning on a shared box hurts
         if self.objective == "rank:ndcg":
@@ -187,6 +211,13 @@ class AccelcXGBModel(PyCostModel):
             return np.zeros(0)
         if self.booster is None:
             return self.rng.uniform(size=len(candidates))
+        return self.score(self.features(context, candidates, with_asm=False))
+
+    def rerank(self, context, candidates) -> np.ndarray | None:
+        """Scores with the assembly group (each candidate built): for the search's best few.
+        None when this model has no such group or is untrained."""
+        if self.asm is None or self.booster is None or not candidates:
+            return None
         return self.score(self.features(context, candidates))
 
     def save(self, path: str | os.PathLike, include_data: bool = True) -> None:
@@ -194,7 +225,8 @@ class AccelcXGBModel(PyCostModel):
         from ...fileio import atomic_write
 
         doc = {"format": FORMAT, "version": FORMAT_VERSION, "feature_version": FEATURE_VERSION,
-               "feature_names": list(self.extractor.names), "n_features": self.n_features,
+               "feature_names": self.names, "n_features": self.n_features,
+               "asm_feature_version": ASM_FEATURE_VERSION if self.asm is not None else None,
                "target_kind": self.target_kind, "objective": self.objective, "aggregate": self.aggregate,
                "booster": json.loads(bytes(self.booster.save_raw("json"))) if self.booster else None,
                "groups": {k: _pack(g) for k, g in self.groups.items()} if include_data else {}}
@@ -224,7 +256,10 @@ class AccelcXGBModel(PyCostModel):
                                 f"{FEATURE_VERSION}: retrain it")
         if doc.get("aggregate", self.aggregate) != self.aggregate:
             self.aggregate = doc["aggregate"]  # the saved model decides how rows are aggregated
-        if doc.get("feature_names") != list(self.extractor.names) or doc.get("n_features") != self.n_features:
+        if doc.get("asm_feature_version", None) not in (None, ASM_FEATURE_VERSION):
+            raise ArtifactError(f"{path}: assembly features version {doc.get('asm_feature_version')}; this "
+                                f"accelc reads {ASM_FEATURE_VERSION}: retrain it")
+        if doc.get("feature_names") != self.names or doc.get("n_features") != self.n_features:
             raise ArtifactError(f"{path}: trained on {doc.get('n_features')} features of target "
                                 f"'{doc.get('target_kind')}', this model has {self.n_features} "
                                 f"('{self.target_kind}'): retrain it")
@@ -254,16 +289,19 @@ def _unpack(doc: dict, n_features: int) -> Group:
 
 
 def make_cost_model(name: str, target_kind: str = "llvm", warm_start: str | None = None, seed: int = 0):
-    """The cost model ``accelc tune --cost-model NAME`` uses: ``xgb`` (ours), ``tvm-xgb``
-    (TVM's ``XGBModel`` on ``PerStoreFeature``) or ``random``."""
+    """The cost model ``accelc tune --cost-model NAME`` uses: ``xgb`` (ours), ``xgb-asm`` (ours
+    with the assembly stage, CPU), ``tvm-xgb`` (TVM's ``XGBModel`` on ``PerStoreFeature``) or
+    ``random``."""
     from tvm.s_tir import meta_schedule as ms
 
-    if name == "xgb":
-        return AccelcXGBModel(target_kind, warm_start=warm_start, seed=seed)
+    if name in ("xgb", "xgb-asm"):
+        if name == "xgb-asm" and target_kind != "llvm":
+            raise UsageError("--cost-model xgb-asm reads x86 assembly: it needs -t cpu")
+        return AccelcXGBModel(target_kind, warm_start=warm_start, seed=seed, asm=name == "xgb-asm")
     if warm_start is not None:
         raise UsageError(f"--warm-start needs the 'xgb' cost model, not '{name}'")
     if name == "tvm-xgb":
         return ms.cost_model.XGBModel(config=ms.cost_model.xgb_model.XGBConfig(seed=seed), num_tuning_cores=None)
     if name == "random":
         return ms.cost_model.RandomModel(seed=seed)
-    raise UsageError(f"unknown cost model '{name}'; use xgb, tvm-xgb or random")
+    raise UsageError(f"unknown cost model '{name}'; use xgb, xgb-asm, tvm-xgb or random")

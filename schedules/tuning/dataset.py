@@ -96,6 +96,7 @@ class TaskRecords:
     latency: np.ndarray = field(default_factory=lambda: np.zeros(0))
     run_secs: list = field(default_factory=list)  # every repeat, for noise estimates
     x: np.ndarray | None = None  # per-candidate features, when a caller computed them
+    asm: np.ndarray | None = None  # per-candidate assembly features (``load_asm_features``)
 
     @property
     def valid(self) -> np.ndarray:
@@ -104,7 +105,8 @@ class TaskRecords:
     def subset(self, idx) -> "TaskRecords":
         idx = np.asarray(idx)
         return TaskRecords(self.name, self.context, [self.candidates[i] for i in idx], self.latency[idx],
-                           [self.run_secs[i] for i in idx], None if self.x is None else self.x[idx])
+                           [self.run_secs[i] for i in idx], None if self.x is None else self.x[idx],
+                           None if self.asm is None else self.asm[idx])
 
     def runner_results(self) -> list:
         from tvm.s_tir.meta_schedule.runner import RunnerResult
@@ -438,6 +440,46 @@ def load_with_features(data_dir: Path, only: list[str] | None = None, kind: str 
     return tasks
 
 
+def _asm_of_task(task_dir: str) -> np.ndarray:
+    """``asm_features`` of every record of one task, each built for the records' own target
+    (the machine that timed them); a process-pool worker."""
+    from .asm_features import ASM_NAMES, assembly, features
+
+    task = load_task(Path(task_dir))
+    out = []
+    for cand in task.candidates:
+        asm = assembly(cand.sch.mod, task.context.target)
+        out.append(features(asm) if asm else np.full(len(ASM_NAMES), np.nan, dtype="float32"))
+    return np.stack(out)
+
+
+def load_asm_features(data_dir: Path, tasks: list[TaskRecords], log=print) -> None:
+    """Set ``t.asm`` (``asm_features`` of every record) on ``tasks`` of ``data_dir``: every
+    candidate built once (about 0.17 s each, in one process per CPU), cached under ``CACHE``."""
+    import concurrent.futures as cf
+
+    from .asm_features import ASM_FEATURE_VERSION
+
+    paths = {t.name: CACHE / "asm" / f"{t.name}-{len(t.candidates)}-{records_hash(t)}-v{ASM_FEATURE_VERSION}.npz"
+             for t in tasks}
+    todo = [t for t in tasks if not paths[t.name].is_file()]
+    if todo:
+        log(f"building {sum(len(t.candidates) for t in todo)} candidates of {len(todo)} tasks for their "
+            f"assembly (once; cached in {CACHE / 'asm'})")
+        workers = max(1, len(os.sched_getaffinity(0)))
+        with cf.ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(_asm_of_task, str(Path(data_dir) / t.name)): t for t in todo}
+            for fut in cf.as_completed(futures):
+                t = futures[fut]
+                paths[t.name].parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(paths[t.name], x=fut.result())
+    for t in tasks:
+        with np.load(paths[t.name]) as d:
+            t.asm = d["x"]
+        if len(t.asm) != len(t.candidates):
+            raise UsageError(f"{paths[t.name]}: {len(t.asm)} rows for {len(t.candidates)} records")
+
+
 def records_hash(task: TaskRecords) -> str:
     return hashlib.sha1(np.asarray(task.latency, "float64").tobytes()).hexdigest()[:8]
 
@@ -449,37 +491,46 @@ def as_model_input(x: np.ndarray, how: str = "mean") -> np.ndarray:
     return x if how == "stats" else np.hstack([x[:, :P], x[:, 3 * P:]])
 
 
-def train(tasks: list[TaskRecords], kind: str = "llvm"):
-    """Our XGBoost model fitted on ``tasks`` (with features; tasks with < 2 valid records,
-    which rank nothing, are left out)."""
+def train(tasks: list[TaskRecords], kind: str = "llvm", asm: bool = False):
+    """Our XGBoost model fitted on ``tasks`` (with features, and ``asm``: with their assembly
+    features too; tasks with < 2 valid records, which rank nothing, are left out)."""
     from tvm.s_tir.meta_schedule.utils import shash2hex
 
     from .cost_model import AccelcXGBModel
 
-    model = AccelcXGBModel(kind)
+    model = AccelcXGBModel(kind, asm=asm)
     for t in tasks:
         if t.valid.sum() >= 2:
-            model.add(shash2hex(t.context.mod), as_model_input(t.x, model.aggregate), t.latency)
+            x = as_model_input(t.x, model.aggregate)
+            model.add(shash2hex(t.context.mod), np.hstack([x, t.asm]) if asm else x, t.latency)
     model.fit()
     return model
 
 
-def bundled_warm_start(log=print) -> Path:
+def bundled_warm_start(log=print, asm: bool = False) -> Path:
     """A saved CPU model trained on every bundled record (``BUNDLED``: 122 tasks, ~4,700
     records), for ``accelc tune --cost-model-warm-start bundled``. Trained once (about a
-    minute, mostly feature extraction) and kept under ``CACHE``."""
+    minute, mostly feature extraction; ``asm`` (xgb-asm): about 7 more on two cores, every
+    record built for its assembly) and kept under ``CACHE``."""
     from ...fileio import atomic_write
+    from .asm_features import ASM_FEATURE_VERSION
     from .features import FEATURE_VERSION
 
     dirs = [d / n for d in BUNDLED for n in task_names(d)]
     # the task list and its files' sizes: records added or measured again train a new model
     key = [(f"{p.parent.name}/{p.name}", sum(f.stat().st_size for f in p.iterdir())) for p in dirs]
-    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, key]).encode()).hexdigest()[:10]
-    path = CACHE / f"bundled-llvm-{tag}.json"
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, key] + ([ASM_FEATURE_VERSION] if asm else []))
+                       .encode()).hexdigest()[:10]
+    path = CACHE / f"bundled-llvm{'-asm' if asm else ''}-{tag}.json"
     if path.is_file():
         return path
     log(f"training the bundled cost model on {len(dirs)} tasks' records (once; cached in {CACHE})")
-    model = train([t for d in BUNDLED for t in load_with_features(d)])
+    tasks = []
+    for d in BUNDLED:
+        tasks += (part := load_with_features(d))
+        if asm:
+            load_asm_features(d, part, log)
+    model = train(tasks, asm=asm)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: model.save(str(tmp)))
     return path

@@ -45,8 +45,11 @@ from ...errors import TargetError, UsageError
 from . import curve as curves
 from .database import TuningDB, open_database, register_trace_hook
 
-COST_MODELS = ("xgb", "tvm-xgb", "random")
-SAVED_MODEL = {"xgb": "cost_model-xgb.json", "tvm-xgb": "cost_model-tvm-xgb.tar"}  # in the database dir
+COST_MODELS = ("xgb", "xgb-asm", "tvm-xgb", "random")
+SAVED_MODEL = {"xgb": "cost_model-xgb.json", "xgb-asm": "cost_model-xgb-asm.json",
+               "tvm-xgb": "cost_model-tvm-xgb.tar"}  # in the database dir
+#: xgb-asm: the search proposes this many times the batch; the assembly stage keeps the best
+RERANK_FACTOR = 4
 EVALUATOR = dict(number=3, repeat=3, min_repeat_ms=30)  # ≥ 90 ms a candidate, 3 samples
 VERIFY_TOP, VERIFY_ROUNDS = 3, 3  # searched records re-timed against the default, rounds
 #: model_check: interleaved rounds per searched winner, and the speedup it must bring the model
@@ -81,6 +84,7 @@ class TuneResult:
     measured: int = 0  # records this run added
     model_check: list = field(default_factory=list)  # model_check's verdicts
     skipped: int = 0  # candidates dropped because the database already had them
+    reranked: int = 0  # xgb-asm: proposals built and scored by their assembly
     notes: list[str] = field(default_factory=list)  # what the user should know about the run
 
 
@@ -398,6 +402,7 @@ def _classes():
     global _SkipMeasured, _AfterBatch
     if "_SkipMeasured" in globals():
         return _SkipMeasured, _AfterBatch
+    import numpy as np
     import tvm_ffi
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -406,7 +411,8 @@ def _classes():
     class SkipMeasured(ms.search_strategy.PySearchStrategy):
         """EvolutionarySearch for ``budget`` more trials, minus candidates already measured."""
 
-        def __init__(self, budget: int, per_iter: int, known: set, stats: dict, refills: int = 4):
+        def __init__(self, budget: int, per_iter: int, known: set, stats: dict, refills: int = 4,
+                     rerank=None, rerank_factor: int = RERANK_FACTOR):
             super().__init__()
             # MetaSchedule evolves 512 schedules to pick 64; as few as 4 need no such crowd
             pop = min(512, max(64, 8 * min(per_iter, budget)))
@@ -414,12 +420,17 @@ def _classes():
                                                                init_min_unmeasured=min(50, pop // 2))
             self.per_iter = per_iter
             self.budget, self.known, self.stats, self.refills = budget, known, stats, refills
+            # ``rerank(context, candidates) -> scores | None`` (xgb-asm): the search proposes
+            # ``rerank_factor`` times the batch, the batch is the best of them by these scores
+            self.rerank, self.factor = rerank, (rerank_factor if rerank is not None else 1)
+            self.context, self.sent = None, 0
 
         def _initialize_with_tune_context(self, context):
+            self.context = context
             self.inner._initialize_with_tune_context(context)
 
         def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
-            self.inner.pre_tuning(self.budget, min(self.per_iter, self.budget), design_spaces,
+            self.inner.pre_tuning(self.budget, min(self.factor * self.per_iter, self.budget), design_spaces,
                                   SearchedOnly(database), cost_model)
 
         def post_tuning(self):
@@ -430,15 +441,25 @@ def _classes():
                 cands = self.inner.generate_measure_candidates()
                 if cands is None:
                     return None
-                fresh = []
+                fresh, hashes = [], []
                 for c in cands:
                     h = tvm_ffi.structural_hash(c.sch.mod)
-                    if h in self.known:
+                    if h in self.known or h in hashes:
                         self.stats["skipped"] += 1
                         continue
-                    self.known.add(h)
+                    hashes.append(h)
                     fresh.append(c)
+                keep = min(self.per_iter, self.budget - self.sent, len(fresh))
+                if self.rerank is not None and len(fresh) > keep:
+                    scores = self.rerank(self.context, fresh)
+                    if scores is not None:  # best first; a stable sort keeps the search's order on ties
+                        order = np.argsort(-np.asarray(scores), kind="stable")[:keep]
+                        fresh, hashes = [fresh[i] for i in order], [hashes[i] for i in order]
+                        self.stats["reranked"] = self.stats.get("reranked", 0) + len(scores)
+                fresh, hashes = fresh[:keep], hashes[:keep]
+                self.known.update(hashes)
                 if fresh:
+                    self.sent += len(fresh)
                     return fresh
             return None
 
@@ -446,7 +467,8 @@ def _classes():
             self.inner.notify_runner_results(measure_candidates, results)
 
         def clone(self):
-            return SkipMeasured(self.budget, self.per_iter, set(self.known), self.stats, self.refills)
+            return SkipMeasured(self.budget, self.per_iter, set(self.known), self.stats, self.refills,
+                                self.rerank, self.factor)
 
     @derived_object
     class SearchedOnly(ms.database.PyDatabase):
@@ -514,9 +536,11 @@ def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost
         raise UsageError(f"unknown cost model '{cost_model}'; choose from {', '.join(COST_MODELS)}")
     spec = targets.get(target)
     bundled = str(warm_start) == BUNDLED_WARM_START
-    if bundled and (cost_model != "xgb" or spec.name != "cpu"):
+    if bundled and (cost_model not in ("xgb", "xgb-asm") or spec.name != "cpu"):
         raise UsageError(f"--cost-model-warm-start {BUNDLED_WARM_START}: a model of accelc's bundled CPU "
-                         "records; it needs -t cpu and --cost-model xgb")
+                         "records; it needs -t cpu and --cost-model xgb or xgb-asm")
+    if cost_model == "xgb-asm" and spec.name != "cpu":
+        raise UsageError("--cost-model xgb-asm reads x86 assembly: it needs -t cpu")
     if not bundled and warm_start is not None and (cost_model == "random" or not Path(warm_start).is_file()):
         raise UsageError(f"--cost-model-warm-start {warm_start}: " + (
             "needs --cost-model xgb or tvm-xgb" if cost_model == "random" else "no such file"))
@@ -531,7 +555,7 @@ def tune(model, target: str = "cpu", trials: int = 64, db_dir="tune-db", *, cost
         if bundled:  # trained on first use (about a minute), so after the checks above
             from .dataset import bundled_warm_start
 
-            warm_start = bundled_warm_start(log)
+            warm_start = bundled_warm_start(log, asm=cost_model == "xgb-asm")
         comps = components(spec.name, tvm_target, rpc, fast_math)
         if comps["cost_kind"] in ("llvm", "cuda"):
             load_intrinsics(tvm_target.kind.name)
@@ -617,8 +641,8 @@ def _tune(tasks, tdb: TuningDB, tvm_target, comps, model_name, target_name, tria
 
     todo = [t for t in tasks if t.planned > t.done]
     if todo:
-        result.measured, result.skipped = _run(todo, tasks, tdb, tvm_target, comps, curve, cost_model,
-                                               warm_start, batch, seed, progress)
+        result.measured, result.skipped, result.reranked = _run(todo, tasks, tdb, tvm_target, comps, curve,
+                                                                cost_model, warm_start, batch, seed, progress)
     short = [f"{t.name} ({t.done}/{t.planned})" for t in todo if t.done < t.planned]
     if short:
         result.notes.append(f"the search found nothing new to measure for {', '.join(short)}: "
@@ -795,7 +819,8 @@ def _curve_verified(curve, task: Task, tdb: TuningDB, ver) -> None:
 
 def _run(todo, tasks, tdb: TuningDB, tvm_target, comps, curve, cost_model_name, warm_start, batch, seed,
          progress) -> tuple[int, int]:
-    """MetaSchedule's task scheduler over ``todo``; returns (records added, candidates skipped)."""
+    """MetaSchedule's task scheduler over ``todo``; returns (records added, candidates skipped,
+    proposals re-ranked by their assembly)."""
     from tqdm import tqdm
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import fork_seed
@@ -804,18 +829,20 @@ def _run(todo, tasks, tdb: TuningDB, tvm_target, comps, curve, cost_model_name, 
     done = sum(t.done for t in tasks)
     stats = {"skipped": 0, "measured": 0}
     logger, restore = _file_logger(tdb.path)
+    start = warm_start or _saved_model(tdb.path, cost_model_name)
+    ours = cost_model_name in ("xgb", "xgb-asm")
+    model = make_cost_model(cost_model_name, comps["cost_kind"], start if ours else None, seed)
+    if start and cost_model_name == "tvm-xgb":
+        model.load(str(start))
+    rerank = model.rerank if cost_model_name == "xgb-asm" else None
     contexts = []
     seeds = fork_seed(seed + done, n=len(todo))  # a resumed run explores with fresh random draws
     for t, rand in zip(todo, seeds):
         space = comps["space"] if isinstance(comps["space"], str) else comps["space"].clone()
-        strategy = SkipMeasured(t.planned - t.done, batch, tdb.measured_hashes(t.mod), stats)
+        strategy = SkipMeasured(t.planned - t.done, batch, tdb.measured_hashes(t.mod), stats, rerank=rerank)
         contexts.append(ms.TuneContext(mod=t.mod, target=tvm_target, space_generator=space,
                                        search_strategy=strategy, task_name=t.name, rand_state=rand,
                                        logger=logger.getChild(t.name)))
-    start = warm_start or _saved_model(tdb.path, cost_model_name)
-    model = make_cost_model(cost_model_name, comps["cost_kind"], start if cost_model_name == "xgb" else None, seed)
-    if start and cost_model_name == "tvm-xgb":
-        model.load(str(start))
     bar = tqdm(total=sum(max(t.planned, t.done) for t in tasks), initial=done, unit="trial", file=sys.stdout,
                disable=not progress, dynamic_ncols=True, desc="tuning")
     _postfix(bar, curve)
@@ -844,7 +871,7 @@ def _run(todo, tasks, tdb: TuningDB, tvm_target, comps, curve, cost_model_name, 
         restore()
     if cost_model_name in SAVED_MODEL:
         model.save(str(tdb.path / SAVED_MODEL[cost_model_name]))
-    return stats["measured"], stats["skipped"]
+    return stats["measured"], stats["skipped"], stats.get("reranked", 0)
 
 
 def make_cost_model(name: str, target_kind: str = "llvm", warm_start=None, seed: int = 0):

@@ -1,0 +1,184 @@
+"""Features read from the x86 assembly LLVM makes of a candidate (the cost model's second stage).
+
+Every CPU misrank the features' analytical model was fixed for so far (versions 4-7 in the
+README) came from reading what LLVM did with a schedule: loops it vectorized by itself, loops it
+did not, registers it spilled, strided reads it turned into gathers or shuffles. Those rules
+stay approximations; the assembly itself says what the candidate will execute. Each candidate is
+built for the tuning target (``tvm.tirx.build``, about 0.17 s on one core) and its compute
+functions (not the FFI wrappers) are read instruction by instruction:
+
+  * counts per class — vector fused multiply-adds by width (zmm/ymm/xmm), scalar ones, other
+    vector and scalar arithmetic, divides/square roots, loads, stores, stack accesses (spills
+    and reloads), gathers, broadcasts, shuffles, calls — over the whole code, over the bodies
+    of the innermost loops (a backward jump that encloses no other), and weighted 4^depth by
+    loop nesting (a stand-in for trip counts, which the analytical features carry);
+  * ratios of the innermost bodies: the vector share of multiply-adds, stack accesses, loads,
+    shuffles, gathers and broadcasts per arithmetic instruction, lanes per instruction.
+
+Building is too slow to score a whole evolutionary population (hundreds of candidates per
+round), so the tuner uses these only to re-rank the population's best few (``rerank`` in
+``driver.SkipMeasured``); the model is trained with the group present and, for the same records
+once more, absent (NaN), so one booster ranks both ways.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+ASM_FEATURE_VERSION = 2
+
+_SKIP = ("__tvm_set_raised", "__truncsfhf2", "__extendhfsf2")  # error paths, fp16 helpers
+_JUMP = re.compile(r"^j[a-z]+$")
+_FMA = re.compile(r"^vf(n?)m(add|sub)(sub|add)?\d+(p|s)(s|d)$")
+_ARITH = re.compile(r"^v(add|sub|mul|max|min)(p|s)(s|d)$")
+_DIV = re.compile(r"^v(div|sqrt|rcp|rsqrt)")
+_SHUF = re.compile(r"^v(perm|shuf|unpck|insert|extract|blend|pshuf|palignr|movhl|movlh|movsh|movsl|pblend|pmov[sz]x|"
+                   r"compress|expand)")
+CLASSES = ("n", "vfma_z", "vfma_y", "vfma_x", "sfma", "varith", "sarith", "div", "load", "store", "stack",
+           "gather", "bcast", "shuf", "call", "other")
+_IDX = {k: i for i, k in enumerate(CLASSES)}
+RATIOS = ("vec_fma_frac", "stack_per_fp", "load_per_fp", "shuf_per_fp", "lanes_per_ins", "fp_per_ins",
+          "gather_per_fp", "bcast_per_fp", "zmm_frac", "max_loop_depth", "loops")
+ASM_NAMES = tuple([f"asm_all_{c}" for c in CLASSES] + [f"asm_inner_{c}" for c in CLASSES]
+                  + [f"asm_depth_{c}" for c in CLASSES] + [f"asm_{r}" for r in RATIOS])
+
+
+def functions(asm: str) -> list[tuple[str, list[str]]]:
+    """The compute functions of an assembly listing: (name, instruction and label lines)."""
+    out, cur = [], None
+    for line in asm.splitlines():
+        s = line.strip()
+        if s.startswith(".type") and "@function" in s:
+            name = s.split()[1].split(",")[0]
+            cur = None if name.startswith(_SKIP) else []
+            if cur is not None:
+                out.append((name, cur))
+            continue
+        if cur is None or not s or s.startswith(("#", ".cfi", ".p2align", ".loc", ".file")):
+            continue
+        if s.startswith(".Lfunc_end"):
+            cur = None
+            continue
+        cur.append(s)
+    return out
+
+
+def classify(ins: str) -> np.ndarray:
+    """One AT&T-syntax instruction as a one-hot-ish vector over ``CLASSES`` (``n`` always 1;
+    a memory operand adds load/store/stack beside the operation's own class)."""
+    parts = ins.split(None, 1)
+    m, ops = parts[0], (parts[1] if len(parts) > 1 else "")
+    v = np.zeros(len(CLASSES))
+    v[0] = 1
+    if "(" in ops and not m.startswith(("lea", "prefetch", "nop")):
+        last = ops.rsplit(",", 1)[-1]  # AT&T: the destination is the last operand
+        v[_IDX["store" if "(" in last and not m.startswith(("cmp", "test")) else "load"]] = 1
+        if "(%rsp)" in ops or "(%rbp)" in ops:
+            v[_IDX["stack"]] = 1
+    if "{1to" in ops:
+        v[_IDX["bcast"]] = 1
+    f = _FMA.match(m)
+    if f:
+        if f.group(4) == "s":
+            v[_IDX["sfma"]] = 1
+        else:
+            v[_IDX["vfma_z" if "%zmm" in ops else "vfma_y" if "%ymm" in ops else "vfma_x"]] = 1
+    elif _ARITH.match(m):
+        v[_IDX["varith" if m[-2] == "p" else "sarith"]] = 1
+    elif _DIV.match(m):
+        v[_IDX["div"]] = 1
+    elif m.startswith(("vgather", "vpgather")):
+        v[_IDX["gather"]] = 1
+    elif m.startswith(("vbroadcast", "vpbroadcast")):
+        v[_IDX["bcast"]] = 1
+    elif _SHUF.match(m):
+        v[_IDX["shuf"]] = 1
+    elif m.startswith("call"):
+        v[_IDX["call"]] = 1
+    else:
+        v[_IDX["other"]] = 1
+    return v
+
+
+def features(asm: str) -> np.ndarray:
+    """``ASM_NAMES`` values of one assembly listing."""
+    k = len(CLASSES)
+    total, inner, deep = np.zeros(k), np.zeros(k), np.zeros(k)
+    max_depth = n_loops = 0
+    for _name, lines in functions(asm):
+        labels, ins = {}, []
+        for s in lines:
+            if s.endswith(":"):
+                labels[s[:-1]] = len(ins)
+            else:
+                ins.append(s)
+        loops = []
+        for p, s in enumerate(ins):
+            parts = s.split()
+            if _JUMP.match(parts[0]) and len(parts) > 1 and labels.get(parts[1], p + 1) <= p:
+                loops.append((labels[parts[1]], p))
+        n_loops += len(loops)
+        cls = np.array([classify(s) for s in ins]) if ins else np.zeros((0, k))
+        depth = np.zeros(len(ins), int)
+        for a, b in loops:
+            depth[a:b + 1] += 1
+        for a, b in loops:
+            if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops):
+                inner += cls[a:b + 1].sum(0)
+        total += cls.sum(0)
+        deep += (cls * (4.0 ** depth)[:, None]).sum(0)
+        max_depth = max(max_depth, int(depth.max()) if len(depth) else 0)
+    vfma = inner[1:4].sum()
+    sfma = inner[_IDX["sfma"]]
+    fp = vfma + sfma + inner[_IDX["varith"]] + inner[_IDX["sarith"]]
+    lanes = 16 * inner[1] + 8 * inner[2] + 4 * inner[3] + sfma
+    ratios = [vfma / max(vfma + sfma, 1), inner[_IDX["stack"]] / max(fp, 1), inner[_IDX["load"]] / max(fp, 1),
+              inner[_IDX["shuf"]] / max(fp, 1), lanes / max(inner[0], 1), fp / max(inner[0], 1),
+              inner[_IDX["gather"]] / max(fp, 1), inner[_IDX["bcast"]] / max(fp, 1),
+              inner[1] / vfma if vfma else 0.0, max_depth, n_loops]
+    return np.concatenate([np.log1p(total), np.log1p(inner), np.log1p(deep), ratios]).astype("float32")
+
+
+def assembly(mod, target) -> str | None:
+    """The x86 assembly of a candidate's module as MetaSchedule's builder would compile it
+    (weight-layout rewrite blocks removed), or None if it does not build."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    try:
+        mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+        return tvm.tirx.build(mod, target=target).inspect_source("asm")
+    except Exception:  # noqa: BLE001 - a candidate that does not build has no assembly
+        return None
+
+
+class AsmFeatures:
+    """``ASM_NAMES`` of candidates, built for the tuning context's target; memoized by the
+    module's structural hash (the tuner re-ranks a batch, then updates the model with it)."""
+
+    names = ASM_NAMES
+
+    def __init__(self, limit: int = 4096):
+        self.memo: dict[int, np.ndarray] = {}
+        self.limit = limit
+
+    def of_mod(self, mod, target) -> np.ndarray:
+        import tvm_ffi
+
+        key = tvm_ffi.structural_hash(mod)
+        hit = self.memo.get(key)
+        if hit is None:
+            asm = assembly(mod, target)
+            hit = features(asm) if asm else np.full(len(ASM_NAMES), np.nan, dtype="float32")
+            if len(self.memo) >= self.limit:
+                self.memo.pop(next(iter(self.memo)))
+            self.memo[key] = hit
+        return hit
+
+    def extract(self, context, candidates) -> np.ndarray:
+        if context.target is None or context.target.kind.name != "llvm":
+            raise ValueError("assembly features read x86 assembly: an llvm target only")
+        return np.stack([self.of_mod(c.sch.mod, context.target) for c in candidates]) if candidates else \
+            np.zeros((0, len(ASM_NAMES)), dtype="float32")

@@ -1,0 +1,183 @@
+"""The cost model's assembly stage (``xgb-asm``): the x86 reader on hand-written and on LLVM's own
+code, the model that ranks with and without the assembly group and keeps it across save/load,
+and the search wrapper that re-ranks a proposal four times the batch by it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm.script import tirx as T
+
+from accelc.errors import ArtifactError, UsageError
+from accelc.schedules.tuning import asm_features as A
+
+ROCKETLAKE = {"kind": "llvm", "mcpu": "rocketlake", "num-cores": 2}
+
+LOOP = """
+	.type	main_compute_,@function
+main_compute_:
+	.cfi_startproc
+	vxorps	%xmm0, %xmm0, %xmm0
+.LBB0_1:
+	vbroadcastss	(%rdi,%rax,4), %zmm1
+	vfmadd231ps	(%rsi), %zmm1, %zmm2
+	vfmadd231ps	64(%rsi), %zmm1, %zmm3
+	vmovups	%zmm4, -64(%rsp)
+	addq	$1, %rax
+	cmpq	$64, %rax
+	jne	.LBB0_1
+	vfmadd231ss	(%rdx), %xmm5, %xmm6
+	retq
+.Lfunc_end0:
+	.type	__tvm_set_raised_6,@function
+__tvm_set_raised_6:
+	vfmadd231ss	(%rdx), %xmm5, %xmm6
+	retq
+"""
+
+
+def _value(feats, name):
+    return float(feats[A.ASM_NAMES.index(name)])
+
+
+def test_reader_counts_a_hand_written_loop():
+    """One loop of seven instructions: two zmm multiply-adds, a broadcast, a spill; one scalar
+    multiply-add after it; an error path (``__tvm_set_raised_*``) is not the kernel's and is not
+    read (the FFI wrapper ``__tvm_ffi_main`` is: a kernel with no parallel loop is inlined there)."""
+    f = A.features(LOOP)
+    assert _value(f, "asm_loops") == 1 and _value(f, "asm_max_loop_depth") == 1
+    assert _value(f, "asm_inner_n") == pytest.approx(np.log1p(7))
+    assert _value(f, "asm_inner_vfma_z") == pytest.approx(np.log1p(2))
+    assert _value(f, "asm_inner_sfma") == 0 and _value(f, "asm_all_sfma") == pytest.approx(np.log1p(1))
+    assert _value(f, "asm_inner_stack") == pytest.approx(np.log1p(1))  # the spill
+    assert _value(f, "asm_inner_store") == pytest.approx(np.log1p(1))
+    assert _value(f, "asm_inner_load") == pytest.approx(np.log1p(3))  # broadcast + two folded loads
+    assert _value(f, "asm_vec_fma_frac") == 1.0 and _value(f, "asm_zmm_frac") == 1.0
+    assert _value(f, "asm_stack_per_fp") == 0.5 and _value(f, "asm_lanes_per_ins") == pytest.approx(32 / 7)
+    # the loop weighs 4x in the depth-weighted counts: 7 inside, 2 before and after
+    assert _value(f, "asm_depth_n") == pytest.approx(np.log1p(7 * 4 + 3))
+
+
+def _matmul(n=64):
+    @T.prim_func(s_tir=True)
+    def mm(A: T.Buffer((n, n), "float32"), B: T.Buffer((n, n), "float32"), C: T.Buffer((n, n), "float32")):
+        for i, j, k in T.grid(n, n, n):
+            with T.sblock("C"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    C[vi, vj] = T.float32(0)
+                C[vi, vj] = C[vi, vj] + A[vi, vk] * B[vk, vj]
+
+    return mm
+
+
+def _vectorized():
+    sch = tvm.s_tir.Schedule(_matmul())
+    blk = sch.get_sblock("C")
+    i, j, k = sch.get_loops(blk)
+    j0, j1 = sch.split(j, [None, 16])
+    sch.reorder(i, j0, k, j1)
+    sch.vectorize(j1)
+    sch.decompose_reduction(blk, k)
+    return sch.mod
+
+
+def test_llvm_code_of_a_vectorized_and_a_scalar_matmul():
+    """The pinned LLVM's own output: the j-vectorized matmul multiplies-adds 16 lanes at a time
+    in zmm registers inside its innermost loop, the untouched i, j, k nest one lane at a time."""
+    target = tvm.target.Target(ROCKETLAKE)
+    vec = A.features(A.assembly(_vectorized(), target))
+    scalar = A.features(A.assembly(tvm.IRModule({"main": _matmul()}), target))
+    assert _value(vec, "asm_vec_fma_frac") == 1.0 and _value(vec, "asm_zmm_frac") == 1.0
+    assert _value(scalar, "asm_vec_fma_frac") == 0.0 and _value(scalar, "asm_inner_sfma") > 0
+    assert _value(vec, "asm_lanes_per_ins") > 4 * _value(scalar, "asm_lanes_per_ins")
+    assert A.assembly("not a module", target) is None
+
+
+@pytest.fixture(scope="module")
+def small_records():
+    """16 records of each test task, with their features and their assembly features."""
+    from accelc.benchmarks.bench_cost_model import _as, load
+    from accelc.schedules.tuning.dataset import TaskRecords
+
+    out = {}
+    for t in load(tvm_data()):
+        idx = np.flatnonzero(t.valid)[:16]
+        s = t.subset(idx)
+        s.x = _as(s.x)
+        s.asm = A.AsmFeatures().extract(t.context, s.candidates)
+        assert isinstance(s, TaskRecords) and not np.isnan(s.asm).any()
+        out[t.name] = s
+    return out
+
+
+def tvm_data():
+    from pathlib import Path
+
+    return Path(__file__).parent / "data" / "costmodel"
+
+
+def test_xgb_asm_ranks_with_and_without_the_assembly_and_round_trips(small_records, tmp_path):
+    from tvm.s_tir.meta_schedule.utils import shash2hex
+
+    from accelc.schedules.tuning.cost_model import AccelcXGBModel, make_cost_model
+
+    model = make_cost_model("xgb-asm")
+    assert model.asm is not None and model.n_features == AccelcXGBModel().n_features + len(A.ASM_NAMES)
+    for t in small_records.values():
+        model.add(shash2hex(t.context.mod), np.hstack([t.x, t.asm]), t.latency)
+    model.fit()
+    t = small_records["vit_qkv"]
+    built, population = model.rerank(t.context, t.candidates), model.predict(t.context, t.candidates)
+    assert built.shape == population.shape == (16,)
+    assert not np.allclose(built, population)  # the assembly group moves the scores
+    np.testing.assert_allclose(built, model.score(np.hstack([t.x, t.asm])), rtol=1e-6)
+    np.testing.assert_allclose(population, model.score(np.hstack([t.x, np.full_like(t.asm, np.nan)])), rtol=1e-6)
+    model.save(str(tmp_path / "m.json"))
+    again = AccelcXGBModel(asm=True)
+    again.load(str(tmp_path / "m.json"))
+    np.testing.assert_array_equal(again.rerank(t.context, t.candidates), built)
+    with pytest.raises(ArtifactError, match="retrain it"):  # a plain xgb model has no such group
+        AccelcXGBModel().read(tmp_path / "m.json")
+    assert AccelcXGBModel().rerank(t.context, t.candidates) is None
+    with pytest.raises(UsageError, match="needs -t cpu"):
+        make_cost_model("xgb-asm", target_kind="sim")
+
+
+def test_search_reranks_four_batches_and_keeps_the_rest_unmeasured():
+    """With ``rerank`` the wrapper asks EvolutionarySearch for four times the batch and sends the
+    batch the re-ranker scores highest; the proposals it did not send stay unknown, so a later
+    round may send them."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from accelc.compiler.frontend import import_onnx
+    from accelc.schedules.tuning import driver, load_intrinsics
+    from accelc.targets import cpu
+    from accelc.tests.util import mlp_model
+
+    load_intrinsics("llvm")
+    target = cpu.host_target()
+    task = next(t for t in driver.relax_tasks(import_onnx(mlp_model(batch=8)).mod, target,
+                                              driver._cpu_front_passes(target), driver._not_a_named_kernel)
+                if "matmul_add_relu" in t.name)
+    skip_measured, _ = driver._classes()
+    seen = []
+
+    def rerank(context, cands):
+        assert context.mod is not None
+        seen.extend(tvm_ffi.structural_hash(c.sch.mod) for c in cands)
+        return np.array([tvm_ffi.structural_hash(c.sch.mod) % 1000 for c in cands], float)
+
+    known, stats = set(), {"skipped": 0}
+    strategy = skip_measured(8, 2, known, stats, rerank=rerank)
+    ctx = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                         search_strategy=strategy, rand_state=5, num_threads=1)
+    strategy.pre_tuning(8, 2, ctx.space_generator.generate_design_space(task.mod), ms.database.MemoryDatabase(),
+                        ms.cost_model.RandomModel(seed=1))
+    sent = strategy.generate_measure_candidates()
+    assert len(seen) == 8 and len(set(seen)) == 8  # four batches of two, all distinct
+    got = [tvm_ffi.structural_hash(c.sch.mod) for c in sent]
+    assert sorted(got) == sorted(sorted(seen, key=lambda h: -(h % 1000))[:2])
+    assert known == set(got) and stats["reranked"] == 8
