@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from tvm.script import tirx as T
 
 from accelc.errors import ArtifactError, UsageError
 from accelc.schedules.tuning import asm_features as A
+from accelc.tests.test_cost_model import _matmul
 
 ROCKETLAKE = {"kind": "llvm", "mcpu": "rocketlake", "num-cores": 2}
 
@@ -57,19 +57,6 @@ def test_reader_counts_a_hand_written_loop():
     assert _value(f, "asm_stack_per_fp") == 0.5 and _value(f, "asm_lanes_per_ins") == pytest.approx(32 / 7)
     # the loop weighs 4x in the depth-weighted counts: 7 inside, 2 before and after
     assert _value(f, "asm_depth_n") == pytest.approx(np.log1p(7 * 4 + 3))
-
-
-def _matmul(n=64):
-    @T.prim_func(s_tir=True)
-    def mm(A: T.Buffer((n, n), "float32"), B: T.Buffer((n, n), "float32"), C: T.Buffer((n, n), "float32")):
-        for i, j, k in T.grid(n, n, n):
-            with T.sblock("C"):
-                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                with T.init():
-                    C[vi, vj] = T.float32(0)
-                C[vi, vj] = C[vi, vj] + A[vi, vk] * B[vk, vj]
-
-    return mm
 
 
 def _vectorized():
