@@ -430,7 +430,10 @@ def _classes():
             self.inner._initialize_with_tune_context(context)
 
         def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
-            self.inner.pre_tuning(self.budget, min(self.factor * self.per_iter, self.budget), design_spaces,
+            # the inner search's own budget would shrink its last proposals to what is left to
+            # measure, leaving nothing to re-rank; this wrapper keeps the real budget (``sent``)
+            total = self.factor * self.budget
+            self.inner.pre_tuning(total, min(self.factor * self.per_iter, total), design_spaces,
                                   SearchedOnly(database), cost_model)
 
         def post_tuning(self):
@@ -438,6 +441,8 @@ def _classes():
 
         def generate_measure_candidates(self):
             for _ in range(self.refills):  # a batch that was all old: ask again, then give up
+                if self.sent >= self.budget:
+                    return None
                 cands = self.inner.generate_measure_candidates()
                 if cands is None:
                     return None
