@@ -4,8 +4,9 @@ Every CPU misrank the features' analytical model was fixed for so far (versions 
 README) came from reading what LLVM did with a schedule: loops it vectorized by itself, loops it
 did not, registers it spilled, strided reads it turned into gathers or shuffles. Those rules
 stay approximations; the assembly itself says what the candidate will execute. Each candidate is
-built for the tuning target (``tvm.tirx.build``, about 0.17 s on one core) and its compute
-functions (not the FFI wrappers) are read instruction by instruction:
+built for the tuning target (``tvm.tirx.build``, about 0.17 s on one core) and its functions
+are read instruction by instruction (TVM's error paths and fp16 helpers skipped; the FFI wrapper
+is read, as a kernel with no parallel loop is inlined into it):
 
   * counts per class — vector fused multiply-adds by width (zmm/ymm/xmm), scalar ones, other
     vector and scalar arithmetic, divides/square roots, loads, stores, stack accesses (spills

@@ -443,14 +443,10 @@ def load_with_features(data_dir: Path, only: list[str] | None = None, kind: str 
 def _asm_of_task(task_dir: str) -> np.ndarray:
     """``asm_features`` of every record of one task, each built for the records' own target
     (the machine that timed them); a process-pool worker."""
-    from .asm_features import ASM_NAMES, assembly, features
+    from .asm_features import AsmFeatures
 
     task = load_task(Path(task_dir))
-    out = []
-    for cand in task.candidates:
-        asm = assembly(cand.sch.mod, task.context.target)
-        out.append(features(asm) if asm else np.full(len(ASM_NAMES), np.nan, dtype="float32"))
-    return np.stack(out)
+    return AsmFeatures().extract(task.context, task.candidates)
 
 
 def load_asm_features(data_dir: Path, tasks: list[TaskRecords], log=print) -> None:
