@@ -59,6 +59,63 @@ def test_reader_counts_a_hand_written_loop():
     assert _value(f, "asm_depth_n") == pytest.approx(np.log1p(7 * 4 + 3))
 
 
+LAMBDA = """
+	.type	.L__tvm_parallel_lambda,@function
+.L__tvm_parallel_lambda:
+	xorl	%esi, %esi
+.LBB4_1:
+	vfmadd231ps	%zmm1, %zmm2, %zmm3
+	incq	%rsi
+	cmpq	$384, %rsi
+	jne	.LBB4_1
+	movq	$-24, %rax
+.LBB4_2:
+	vaddps	%zmm1, %zmm2, %zmm3
+	addq	$2, %rax
+	jne	.LBB4_2
+	movl	$4, %ecx
+.LBB4_3:
+	cmpl	$10, %ecx
+	je	.LBB4_4
+	vmulss	%xmm1, %xmm2, %xmm3
+	incl	%ecx
+	jmp	.LBB4_3
+.LBB4_4:
+	movb	$1, %bl
+.LBB4_5:
+	vmaxps	%zmm1, %zmm2, %zmm3
+	testb	$1, %bl
+	movl	$0, %ebx
+	jne	.LBB4_5
+.LBB4_6:
+	vfmadd231ss	%xmm1, %xmm2, %xmm3
+	cmpl	%eax, %edx
+	jne	.LBB4_6
+	retq
+.Lfunc_end4:
+"""
+
+
+def test_trip_counts_read_from_the_loop_code():
+    """Each loop form LLVM emits for TVM's loops, with its trip count: a compare with an
+    immediate before the back edge (384), a counter running up to zero from -24 by 2 (12), a
+    rotated loop whose exit test is at the top (10 - 4 = 6), the two-pass loop over a bool (2),
+    and a runtime bound (``UNKNOWN_TRIP`` in a parallel lambda, 1 elsewhere)."""
+    f = A.features(LAMBDA)
+    assert _value(f, "asm_dyn_vfma_z") == pytest.approx(np.log1p(384))
+    assert _value(f, "asm_dyn_varith") == pytest.approx(np.log1p(12 + 2))  # vaddps x12, vmaxps x2
+    assert _value(f, "asm_dyn_sarith") == pytest.approx(np.log1p(6))
+    assert _value(f, "asm_dyn_sfma") == pytest.approx(np.log1p(A.UNKNOWN_TRIP))
+    assert _value(f, "asm_dyn_known_trip_frac") == pytest.approx(4 / 5)
+    assert _value(f, "asm_dyn_hot_weight") == pytest.approx(np.log1p(384))
+    serial = A.features(LAMBDA.replace(".L__tvm_parallel_lambda", "main_compute_"))
+    assert _value(serial, "asm_dyn_sfma") == pytest.approx(np.log1p(1))
+    # the hand-written loop above: 64 trips of seven instructions, three outside
+    loop = A.features(LOOP)
+    assert _value(loop, "asm_dyn_n") == pytest.approx(np.log1p(64 * 7 + 3))
+    assert _value(loop, "asm_dyn_vfma_z") == pytest.approx(np.log1p(128))
+
+
 def _vectorized():
     sch = tvm.s_tir.Schedule(_matmul())
     blk = sch.get_sblock("C")
@@ -78,6 +135,9 @@ def test_llvm_code_of_a_vectorized_and_a_scalar_matmul():
     scalar = A.features(A.assembly(tvm.IRModule({"main": _matmul()}), target))
     assert _value(vec, "asm_vec_fma_frac") == 1.0 and _value(vec, "asm_zmm_frac") == 1.0
     assert _value(scalar, "asm_vec_fma_frac") == 0.0 and _value(scalar, "asm_inner_sfma") > 0
+    # the trip counts read from the code give the exact dynamic multiply-adds: 64^3 / 16 and 64^3
+    assert _value(vec, "asm_dyn_vfma_z") == pytest.approx(np.log1p(64 ** 3 / 16))
+    assert _value(scalar, "asm_dyn_sfma") == pytest.approx(np.log1p(64 ** 3)) and _value(scalar, "asm_dyn_vfma_z") == 0
     assert _value(vec, "asm_lanes_per_ins") > 4 * _value(scalar, "asm_lanes_per_ins")
     assert A.assembly("not a module", target) is None
 
@@ -115,16 +175,26 @@ def test_xgb_asm_ranks_with_and_without_the_assembly_and_round_trips(small_recor
     for t in small_records.values():
         model.add(shash2hex(t.context.mod), np.hstack([t.x, t.asm]), t.latency)
     model.fit()
+    plain = AccelcXGBModel()  # populations are ranked by the plain model's booster
+    for t in small_records.values():
+        plain.add(shash2hex(t.context.mod), t.x, t.latency)
+    plain.fit()
     t = small_records["vit_qkv"]
     built, population = model.rerank(t.context, t.candidates), model.predict(t.context, t.candidates)
     assert built.shape == population.shape == (16,)
     assert not np.allclose(built, population)  # the assembly group moves the scores
+    np.testing.assert_allclose(population, plain.predict(t.context, t.candidates), rtol=1e-6)
     np.testing.assert_allclose(built, model.score(np.hstack([t.x, t.asm])), rtol=1e-6)
     np.testing.assert_allclose(population, model.score(np.hstack([t.x, np.full_like(t.asm, np.nan)])), rtol=1e-6)
+    # a row without assembly (did not build) is scored by the population booster, the rest by the other
+    mixed = np.hstack([t.x, t.asm])
+    mixed[:4, -len(A.ASM_NAMES):] = np.nan
+    np.testing.assert_allclose(model.score(mixed), np.r_[population[:4], built[4:]], rtol=1e-6)
     model.save(str(tmp_path / "m.json"))
     again = AccelcXGBModel(asm=True)
     again.load(str(tmp_path / "m.json"))
     np.testing.assert_array_equal(again.rerank(t.context, t.candidates), built)
+    np.testing.assert_array_equal(again.predict(t.context, t.candidates), population)
     with pytest.raises(ArtifactError, match="retrain it"):  # a plain xgb model has no such group
         AccelcXGBModel().read(tmp_path / "m.json")
     assert AccelcXGBModel().rerank(t.context, t.candidates) is None
