@@ -27,7 +27,10 @@ ours warm-started as ``accelc tune --cost-model-warm-start`` does it, from a mod
 cost-model benchmark's records of every other task (never the task being tuned): transfer
 across tasks and models, which the stock model has no way to do. ``xgb-pool`` is the same, also
 trained on the cost-model training pool (``bench_cost_model --pool``: 99 more tasks, the zoo's
-architectures at other sizes).
+architectures at other sizes). ``xgb-asm`` and ``xgb-asm-pool`` (``--models``, CPU) are those two
+with the assembly stage (``accelc tune --cost-model xgb-asm``): the search proposes four batches
+(``driver.SkipMeasured``, which also skips candidates already measured), each proposal is built
+and the batch measured is the best by its assembly.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ SIM_TASKS = (
 CPU_TASKS = ("vit_qkv", "resnet_conv3x3", "vit_scores", "bert_dense", "vit_layernorm", "gpt2_fc1_tanh",
              "minilm_fc2", "resnet_conv1x1_s2")
 MODELS = ("xgb", "tvm-xgb", "random")
-ALL_MODELS = MODELS + ("tvm-xgb-w0", "xgb-warm", "xgb-pool")
+ALL_MODELS = MODELS + ("tvm-xgb-w0", "xgb-warm", "xgb-pool", "xgb-asm", "xgb-asm-pool")
 FAILED = 1e9  # MetaSchedule records 1e10 s for a candidate that failed to build or run
 
 
@@ -140,30 +143,41 @@ def cost_model(name: str, kind: str, seed: int, task: str | None = None, warm_di
         return ms.cost_model.XGBModel(config=ms.cost_model.xgb_model.XGBConfig(seed=seed), num_warmup_samples=0)
     if name in ("xgb-warm", "xgb-pool"):
         return make_cost_model("xgb", kind, warm_start_file(task, kind, warm_dir, pool=name == "xgb-pool"), seed)
+    if name == "xgb-asm-pool":
+        return make_cost_model("xgb-asm", kind, warm_start_file(task, kind, warm_dir, pool=True, asm=True), seed)
     return make_cost_model(name, kind, None, seed)
 
 
-def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None, pool: bool = False) -> Path:
+def warm_start_file(task: str, kind: str, folder: Path, data: Path | None = None, pool: bool = False,
+                    asm: bool = False) -> Path:
     """``xgb-warm``: our model trained on the cost-model benchmark's records of every *other*
     task (``benchmarks/data/costmodel``, or ``costmodel-sim``; the task itself is left out, as
     in that benchmark's leave-one-task-out), saved as ``accelc tune --cost-model-warm-start``
     takes it; written once per task into ``folder``. ``pool`` (``xgb-pool``, CPU): the training
-    pool's records too (``benchmarks/data/costmodel-pool``, no task equal to a benchmark one)."""
+    pool's records too (``benchmarks/data/costmodel-pool``, no task equal to a benchmark one).
+    ``asm`` (``xgb-asm-pool``): with every record's assembly features (built once, cached)."""
     from accelc.benchmarks import bench_cost_model as bcm
     from accelc.schedules.tuning import dataset
 
     if pool and kind == "sim":
         raise UsageError("xgb-pool: the training pool holds CPU tasks; the sim target has none")
-    path = Path(folder) / f"warm-{kind}-{task}{'-pool' if pool else ''}.json"
+    if asm and kind != "llvm":
+        raise UsageError("xgb-asm-pool: the assembly features read x86 code; use --target cpu")
+    path = Path(folder) / f"warm-{kind}-{task}{'-pool' if pool else ''}{'-asm' if asm else ''}.json"
     if path.is_file():
         return path
     data = data or (bcm.DATA_SIM if kind == "sim" else bcm.DATA)
     train = [t for t in _records(Path(data), kind) if t.name != task]
+    if asm:
+        dataset.load_asm_features(Path(data), train)
     if pool:
-        train += _records(bcm.DATA_POOL, kind)
+        extra = list(_records(bcm.DATA_POOL, kind))
+        if asm:
+            dataset.load_asm_features(bcm.DATA_POOL, extra)
+        train += extra
     if not train:
         raise UsageError(f"xgb-warm: {data} holds no records of tasks other than {task}")
-    dataset.train(train, kind).save(str(path))
+    dataset.train(train, kind, asm=asm).save(str(path))
     return path
 
 
@@ -191,6 +205,10 @@ def search(func, comps: dict, model, seed: int, trials: int, batch: int) -> list
 
     pop = min(512, max(64, 8 * min(batch, trials)))  # what `accelc tune` uses (driver.SkipMeasured)
     strategy = ms.search_strategy.EvolutionarySearch(population_size=pop, init_min_unmeasured=min(50, pop // 2))
+    if getattr(model, "asm", None) is not None:  # xgb-asm: the tuner's own wrapper, which re-ranks
+        from accelc.schedules.tuning.driver import _classes
+
+        strategy = _classes()[0](trials, batch, set(), {"skipped": 0}, rerank=model.rerank)
     callbacks = [ms.measure_callback.AddToDatabase(), Record(), ms.measure_callback.RemoveBuildArtifact(),
                  ms.measure_callback.UpdateCostModel()]
     with tempfile.TemporaryDirectory(prefix="accelc-bench-tuning-") as work:

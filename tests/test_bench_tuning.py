@@ -171,3 +171,49 @@ def test_pool_warm_start_adds_the_training_pool(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="pool holds CPU tasks"):
         bt.warm_start_file("deit_qkv", "sim", tmp_path, pool=True)
     bt._records.cache_clear()
+
+
+def test_asm_models_search_through_the_reranking_wrapper(tmp_path, monkeypatch):
+    """``xgb-asm``/``xgb-asm-pool`` search as ``accelc tune --cost-model xgb-asm`` does: through
+    ``driver.SkipMeasured`` re-ranking by the model's assembly scores; the other models through
+    the plain evolutionary search. Their warm-start model (``xgb-asm-pool``) is trained on the
+    other tasks' and the pool's records with their assembly, and keeps both boosters."""
+    from pathlib import Path
+
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import shash2hex
+
+    from accelc.benchmarks import bench_cost_model as bcm
+    from accelc.schedules.tuning.asm_features import ASM_NAMES
+    from accelc.schedules.tuning.cost_model import AccelcXGBModel
+    from accelc.schedules.tuning.driver import RERANK_FACTOR, _classes, make_cost_model
+
+    seen = []
+    monkeypatch.setattr(ms, "tune_tir", lambda *a, **kw: seen.append(kw["strategy"]))
+    asm, plain = make_cost_model("xgb-asm", "llvm", None, 0), make_cost_model("xgb", "llvm", None, 0)
+    for model in (asm, plain):
+        assert bt.search(None, {"target": None, "space": None, "builder": None, "runner": None},
+                         model, 0, 8, 4) == []
+    assert isinstance(seen[0], _classes()[0]) and seen[0].budget == 8
+    assert seen[0].factor == RERANK_FACTOR > 1  # the wrapper re-ranks (factor 1 without rerank)
+    assert isinstance(seen[1], ms.search_strategy.EvolutionarySearch)
+
+    data = Path(__file__).parent / "data" / "costmodel"
+    only, pool = tmp_path / "data", tmp_path / "pool"
+    only.mkdir(), pool.mkdir()
+    for name in ("bert_dense", "vit_qkv"):
+        (only / name).symlink_to(data / name)
+    (pool / "res160.max_pool2d1").symlink_to(bcm.DATA_POOL / "res160.max_pool2d1")
+    monkeypatch.setattr(bcm, "DATA_POOL", pool)
+    bt._records.cache_clear()
+    path = bt.warm_start_file("vit_qkv", "llvm", tmp_path, data=only, pool=True, asm=True)
+    assert path.name == "warm-llvm-vit_qkv-pool-asm.json"
+    model = AccelcXGBModel("llvm", warm_start=str(path), asm=True)
+    tasks = {t.name: t for t in bcm.load(only)}
+    assert len(model.groups) == 2 and shash2hex(tasks["bert_dense"].context.mod) in model.groups
+    assert model.booster is not None and model.asm_booster is not None
+    x = np.stack(model.groups[shash2hex(tasks["bert_dense"].context.mod)].x)
+    assert not np.isnan(x[:, -len(ASM_NAMES):]).all(1).any()  # every record built and read
+    with pytest.raises(UsageError, match="use --target cpu"):
+        bt.warm_start_file("deit_qkv", "sim", tmp_path, asm=True)
+    bt._records.cache_clear()
