@@ -4,6 +4,8 @@ and the search wrapper that re-ranks a proposal four times the batch by it."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tvm
@@ -195,6 +197,11 @@ def test_xgb_asm_ranks_with_and_without_the_assembly_and_round_trips(small_recor
     again.load(str(tmp_path / "m.json"))
     np.testing.assert_array_equal(again.rerank(t.context, t.candidates), built)
     np.testing.assert_array_equal(again.predict(t.context, t.candidates), population)
+    doc = json.loads((tmp_path / "m.json").read_text())
+    doc["asm_booster"] = None  # trees for populations only: not an xgb-asm model file
+    (tmp_path / "half.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="half.json: corrupt cost-model file .one of its two boosters"):
+        AccelcXGBModel(asm=True).read(tmp_path / "half.json")
     with pytest.raises(ArtifactError, match="retrain it"):  # a plain xgb model has no such group
         AccelcXGBModel().read(tmp_path / "m.json")
     assert AccelcXGBModel().rerank(t.context, t.candidates) is None
