@@ -203,12 +203,14 @@ def search(func, comps: dict, model, seed: int, trials: int, batch: int) -> list
             secs.extend(float(np.mean([float(s) for s in r.run_secs])) if r.error_msg is None and r.run_secs
                         else math.inf for r in runner_results)
 
-    pop = min(512, max(64, 8 * min(batch, trials)))  # what `accelc tune` uses (driver.SkipMeasured)
-    strategy = ms.search_strategy.EvolutionarySearch(population_size=pop, init_min_unmeasured=min(50, pop // 2))
     if getattr(model, "asm", None) is not None:  # xgb-asm: the tuner's own wrapper, which re-ranks
         from accelc.schedules.tuning.driver import _classes
 
         strategy = _classes()[0](trials, batch, set(), {"skipped": 0}, rerank=model.rerank)
+    else:
+        pop = min(512, max(64, 8 * min(batch, trials)))  # what `accelc tune` uses (driver.SkipMeasured)
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=pop,
+                                                         init_min_unmeasured=min(50, pop // 2))
     callbacks = [ms.measure_callback.AddToDatabase(), Record(), ms.measure_callback.RemoveBuildArtifact(),
                  ms.measure_callback.UpdateCostModel()]
     with tempfile.TemporaryDirectory(prefix="accelc-bench-tuning-") as work:

@@ -823,7 +823,7 @@ def _curve_verified(curve, task: Task, tdb: TuningDB, ver) -> None:
 
 
 def _run(todo, tasks, tdb: TuningDB, tvm_target, comps, curve, cost_model_name, warm_start, batch, seed,
-         progress) -> tuple[int, int]:
+         progress) -> tuple[int, int, int]:
     """MetaSchedule's task scheduler over ``todo``; returns (records added, candidates skipped,
     proposals re-ranked by their assembly)."""
     from tqdm import tqdm
