@@ -197,6 +197,16 @@ def trip_count(ins: list[str], a: int, b: int) -> float | None:
     return None
 
 
+def _fp(counts: np.ndarray) -> float:
+    """Arithmetic instructions among ``CLASSES`` counts: multiply-adds, other arithmetic."""
+    return counts[1:4].sum() + counts[_IDX["sfma"]] + counts[_IDX["varith"]] + counts[_IDX["sarith"]]
+
+
+def _lanes(counts: np.ndarray) -> float:
+    """fp32 lanes the multiply-adds among ``CLASSES`` counts compute (zmm 16, ymm 8, xmm 4, scalar 1)."""
+    return 16 * counts[1] + 8 * counts[2] + 4 * counts[3] + counts[_IDX["sfma"]]
+
+
 def features(asm: str) -> np.ndarray:
     """``ASM_NAMES`` values of one assembly listing."""
     k = len(CLASSES)
@@ -234,21 +244,16 @@ def features(asm: str) -> np.ndarray:
         deep += (cls * (4.0 ** depth)[:, None]).sum(0)
         dyn += (cls * weight[:, None]).sum(0)
         max_depth = max(max_depth, int(depth.max()) if len(depth) else 0)
-    vfma = inner[1:4].sum()
-    sfma = inner[_IDX["sfma"]]
-    fp = vfma + sfma + inner[_IDX["varith"]] + inner[_IDX["sarith"]]
-    lanes = 16 * inner[1] + 8 * inner[2] + 4 * inner[3] + sfma
+    vfma, sfma, fp, lanes = inner[1:4].sum(), inner[_IDX["sfma"]], _fp(inner), _lanes(inner)
     ratios = [vfma / max(vfma + sfma, 1), inner[_IDX["stack"]] / max(fp, 1), inner[_IDX["load"]] / max(fp, 1),
               inner[_IDX["shuf"]] / max(fp, 1), lanes / max(inner[0], 1), fp / max(inner[0], 1),
               inner[_IDX["gather"]] / max(fp, 1), inner[_IDX["bcast"]] / max(fp, 1),
               inner[1] / vfma if vfma else 0.0, max_depth, n_loops]
-    d_fp = dyn[1:4].sum() + dyn[_IDX["sfma"]] + dyn[_IDX["varith"]] + dyn[_IDX["sarith"]]
-    d_lanes = 16 * dyn[1] + 8 * dyn[2] + 4 * dyn[3] + dyn[_IDX["sfma"]]
-    h_fp = hot_body[1:4].sum() + hot_body[_IDX["sfma"]] + hot_body[_IDX["varith"]] + hot_body[_IDX["sarith"]]
-    dyn_ratios = [d_lanes / max(dyn[0], 1), d_fp / max(dyn[0], 1), dyn[_IDX["load"]] / max(d_fp, 1),
+    d_fp, h_fp = _fp(dyn), _fp(hot_body)
+    dyn_ratios = [_lanes(dyn) / max(dyn[0], 1), d_fp / max(dyn[0], 1), dyn[_IDX["load"]] / max(d_fp, 1),
                   dyn[_IDX["stack"]] / max(d_fp, 1), dyn[_IDX["shuf"]] / max(d_fp, 1), dyn[_IDX["store"]] / max(d_fp, 1),
                   known / max(n_loops, 1), np.log1p(hot_weight), h_fp / max(hot_body[0], 1),
-                  hot_body[_IDX["load"]] / max(h_fp, 1), np.log1p(d_lanes)]
+                  hot_body[_IDX["load"]] / max(h_fp, 1), np.log1p(_lanes(dyn))]
     return np.concatenate([np.log1p(total), np.log1p(inner), np.log1p(deep), ratios,
                            np.log1p(dyn), dyn_ratios]).astype("float32")
 
