@@ -245,3 +245,18 @@ def test_search_reranks_four_batches_and_keeps_the_rest_unmeasured():
     got = [tvm_ffi.structural_hash(c.sch.mod) for c in sent]
     assert sorted(got) == sorted(sorted(seen, key=lambda h: -(h % 1000))[:2])
     assert known == set(got) and stats["reranked"] == 8
+
+
+def test_operands_split_outside_memory_references():
+    """A memory operand's ``(base,index,scale)`` is one operand: a loop whose counter lives in
+    an indexed stack slot is read (16 trips), and a multiply-add with a memory source keeps its
+    three operands."""
+    assert A._ops("vfmadd231ps (%rdi,%rax,4), %zmm1, %zmm2") == (
+        "vfmadd231ps", ["(%rdi,%rax,4)", "%zmm1", "%zmm2"])
+    assert A._ops("retq") == ("retq", [])
+    body = ["movq $0, 8(%rsp,%rbx,8)",
+            "vaddps %zmm0, %zmm1, %zmm1",
+            "addq $2, 8(%rsp,%rbx,8)",
+            "cmpq $32, 8(%rsp,%rbx,8)",
+            "jne .LBB0_1"]
+    assert A.trip_count(body, 1, 4) == 16

@@ -127,9 +127,13 @@ def _reg(op: str) -> str:
     return _R32.get(op, m.group(1) if m else op)
 
 
+_OPERAND = re.compile(r"(?:[^,(]|\([^)]*\))+")  # commas inside (base,index,scale) do not split
+
+
 def _ops(ins: str) -> tuple[str, list[str]]:
+    """Mnemonic and operands: ``addq $64, 8(%rsp,%rax,4)`` → ``("addq", ["$64", "8(%rsp,%rax,4)"])``."""
     parts = ins.split(None, 1)
-    return parts[0], ([o.strip() for o in parts[1].split(",")] if len(parts) > 1 else [])
+    return parts[0], ([o.strip() for o in _OPERAND.findall(parts[1])] if len(parts) > 1 else [])
 
 
 def _step(ins: list[str], a: int, b: int, reg: str) -> int | None:
