@@ -1,7 +1,7 @@
 """How well do cost models rank schedules of tasks they never saw? Ours vs TVM's vs random.
 
     python -m accelc.benchmarks.bench_cost_model [--target cpu|sim] [--ablation] [--online 32]
-                                                 [--pool] [--asm] [--collect | --remeasure]
+                                                 [--pool] [--asm] [--fresh] [--collect | --remeasure]
 
 Records: ``benchmarks/data/costmodel/<task>/`` (MetaSchedule JSON databases, gzipped; see
 ``accelc.schedules.tuning.dataset``): 16 zoo tasks x 96 candidates. ``--collect`` samples and
@@ -26,6 +26,12 @@ pairs > 10 % apart, less exposed to timing noise), and TenSet's top-k score (bes
 the task / best latency among the model's k highest-ranked candidates), k = 1, 5. Random is the
 mean over 200 draws.
 
+``--fresh`` ranks a second held-out set instead (``dataset.FRESH_TASKS``: 13 tasks of the zoo's
+architectures at sizes in neither the benchmark nor the pool, frozen after the model's design
+was final, records in ``benchmarks/data/costmodel-fresh/``): every model is trained once on all
+16 benchmark tasks (``--pool``: and the pool) and ranks each fresh task. ``--fresh --collect``
+collects and times that set on this machine (about 15 minutes).
+
 ``--ablation`` adds objectives, tree depth, aggregations and feature sets; ``--online K`` the
 tuning-time situation: K of the held-out task's records are known too (a model trained on them
 alone, warm starts from the others' model, pooled or continued, and TVM's XGBModel fed them all),
@@ -46,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from accelc.errors import UsageError
-from accelc.schedules.tuning.dataset import BUNDLED, CACHE
+from accelc.schedules.tuning.dataset import BUNDLED, CACHE, FRESH
 
 DATA, DATA_POOL = BUNDLED  # the benchmark's 16 tasks, the training pool
 DATA_SIM = Path(__file__).resolve().parent / "data" / "costmodel-sim"
@@ -155,6 +161,8 @@ def ours(train, test, **kw):
     for t in train:
         model.add(shash2hex(t.context.mod), x(t), t.latency)
     model.fit()
+    if isinstance(test, list):  # one fit, every test task scored
+        return model, [model.score(x(t, asm=not population)) for t in test]
     return model, model.score(x(test, asm=not population))
 
 
@@ -177,6 +185,8 @@ def tvm_xgb(train, test, extractor="per-store-feature", seed=0):
     for t in train:
         model.update(t.context, t.candidates, t.runner_results())
     model._train(*_all_data(model))
+    if isinstance(test, list):
+        return model, [model.predict(t.context, t.candidates) for t in test]
     return model, model.predict(test.context, test.candidates)
 
 
@@ -192,6 +202,8 @@ def _all_data(model):
 def random_model(train, test, seed=0, draws=200):
     """Random scores; its metrics are averaged over ``draws`` draws (the expectation)."""
     rng = np.random.default_rng(seed)
+    if isinstance(test, list):
+        return None, [rng.uniform(size=(draws, len(t.candidates))) for t in test]
     return None, rng.uniform(size=(draws, len(test.candidates)))
 
 
@@ -207,6 +219,22 @@ def leave_one_out(tasks, models: dict, log, pool=()) -> dict:
             _, score = fn(train, valid)
             table[name][held.name] = {**metrics(valid.latency, score), "seconds": time.perf_counter() - t0}
         log(f"  {held.name:22s} " + "  ".join(f"{n} {table[n][held.name]['pairwise']:.3f}" for n in models))
+    return table
+
+
+def fresh_set(train, tests, models: dict, log) -> dict:
+    """Each model fitted once on ``train`` (the benchmark's tasks and the pool), then ranking
+    every task of the fresh held-out set (``dataset.FRESH_TASKS``), which no model choice saw."""
+    tests = [t.subset(np.flatnonzero(t.valid)) for t in tests]
+    table = {name: {} for name in models}
+    for name, fn in models.items():
+        t0 = time.perf_counter()
+        _, scores = fn(train, tests)
+        for t, score in zip(tests, scores):
+            table[name][t.name] = metrics(t.latency, score)
+        log(f"  {name:22s} fitted and scored in {time.perf_counter() - t0:.0f} s")
+    for t in tests:
+        log(f"  {t.name:26s} " + "  ".join(f"{n} {table[n][t.name]['pairwise']:.3f}" for n in models))
     return table
 
 
@@ -279,13 +307,22 @@ def main(argv=None) -> int:
     ap.add_argument("--asm", action="store_true",
                     help="also ours with the assembly features (xgb-asm; every candidate built once, cached): "
                          "ranking with them, and the same model ranking without them (as for a population)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="rank the fresh held-out set instead (dataset.FRESH_TASKS, benchmarks/data/"
+                         "costmodel-fresh): every model trained once on the benchmark's tasks (and with "
+                         "--pool the pool); with --collect, collect and time that set on this machine")
+    ap.add_argument("--pack-asm", action="store_true",
+                    help="write the assembly features of every stored record (benchmark, pool, fresh set) "
+                         "into benchmarks/data/costmodel-asm.npz, shipped so that --asm and the xgb-asm "
+                         "warm start need not build them; then stop")
     ap.add_argument("--online", type=int, default=0, metavar="K",
                     help="also rank with K of the held-out task's own records known (warm start)")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (default: DATA/results.json)")
     args = ap.parse_args(argv)
     sim = args.target == "sim"
     args.data = args.data or (DATA_SIM if sim else DATA)
-    args.out = args.out or args.data / ("results-pool.json" if args.pool else "results.json")
+    args.out = args.out or ((FRESH / f"results{'-pool' if args.pool else ''}{'-asm' if args.asm else ''}.json")
+                            if args.fresh else args.data / ("results-pool.json" if args.pool else "results.json"))
     kind = "sim" if sim else "llvm"
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     only = args.tasks.split(",") if args.tasks else None
@@ -293,12 +330,33 @@ def main(argv=None) -> int:
         raise UsageError("--remeasure: sim records are simulated cycles; timing them again changes nothing")
     if sim and args.pool:
         raise UsageError("--pool: the training pool holds CPU tasks; the sim target has none")
+    if args.fresh and (sim or args.remeasure or args.online):
+        raise UsageError("--fresh: the fresh held-out set holds CPU tasks, timed once; it takes none of "
+                         "--target sim, --remeasure, --online")
+    if args.pack_asm:
+        from accelc.schedules.tuning import dataset
+
+        n = dataset.pack_asm_features()
+        print(f"wrote {dataset.SHIPPED_ASM}: assembly features of {n} records")
+        return 0
     if sim and args.collect:
         from accelc.schedules.tuning import dataset
 
         work = CACHE / "sim-db"
         collect_sim(work, args.trials, only)
         dataset.pack(work, args.data, only=only)
+    elif args.collect and args.fresh:
+        from accelc.schedules.tuning import dataset
+        from accelc.targets import cpu
+
+        _raise_priority()
+        target = cpu.host_target()
+        tasks = dataset.fresh_tasks(target, only)
+        dataset.collect_all(CACHE / "fresh-db", target, trials=args.trials, tasks=tasks)
+        for label, _ in tasks:  # timed again, interleaved, as the stored benchmark records were
+            dataset.retime(CACHE / "fresh-db" / label, CACHE / "retimed" / FRESH.name, target=target)
+        dataset.pack(CACHE / "retimed" / FRESH.name, FRESH, only=[label for label, _ in tasks])
+        return 0
     elif args.collect and args.pool:
         from accelc.schedules.tuning import dataset
         from accelc.targets import cpu
@@ -382,6 +440,19 @@ def main(argv=None) -> int:
     result = {"pool": {"tasks": len(pool), "records": sum(int(t.valid.sum()) for t in pool)},
               "tasks": {t.name: {"records": len(t.candidates), "valid": int(t.valid.sum()),
                                  "best_ms": float(t.latency.min() * 1e3)} for t in tasks}}
+    if args.fresh:
+        fresh = load(FRESH, only=None, kind=kind)
+        if args.asm:
+            dataset.load_asm_features(FRESH, fresh)
+        result["tasks"] = {t.name: {"records": len(t.candidates), "valid": int(t.valid.sum()),
+                                    "best_ms": float(t.latency.min() * 1e3)} for t in fresh}
+        result["trained_on"] = [t.name for t in tasks]
+        print(f"fresh held-out set: {len(fresh)} tasks, {sum(int(t.valid.sum()) for t in fresh)} valid records; "
+              f"models trained on {len(tasks)} benchmark tasks" + (f" and {len(pool)} pool tasks" if pool else ""))
+        table = fresh_set(tasks + pool, fresh, models, print)
+        print_table("fresh held-out tasks", table)
+        result["fresh"], result["mean"] = table, summarize(table)
+        return _write(args.out, result)
     print("leave-one-task-out (pairwise accuracy per held-out task):")
     loo = leave_one_out(tasks, models, print, pool=pool)
     print_table("held-out tasks", loo)
@@ -391,11 +462,15 @@ def main(argv=None) -> int:
         on = online(tasks, args.online, print, pool=pool)
         print_table(f"held-out tasks, {args.online} own records known", on)
         result["online"], result["online_mean"] = on, summarize(on)
+    return _write(args.out, result)
+
+
+def _write(out: Path, result: dict) -> int:
     from accelc.fileio import atomic_write
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n"))
-    print(f"\nwrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n"))
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -260,3 +260,32 @@ def test_operands_split_outside_memory_references():
             "cmpq $32, 8(%rsp,%rbx,8)",
             "jne .LBB0_1"]
     assert A.trip_count(body, 1, 4) == 16
+
+
+def test_shipped_assembly_features_cover_every_stored_record_and_match_a_build(tmp_path, monkeypatch):
+    """``dataset.SHIPPED_ASM`` holds the assembly features of every record of the benchmark, the
+    pool and the fresh set, keyed so that ``load_asm_features`` finds them without building;
+    a task's rows equal those built now; a file of another TVM or feature version is ignored."""
+    from accelc.schedules.tuning import dataset
+
+    shipped = dataset._shipped_asm()
+    want = {}
+    for d in dataset.BUNDLED + (dataset.FRESH,):
+        for t in dataset.load_all(d):
+            want[dataset._asm_key(d, t)] = len(t.candidates)
+    assert len(want) == 16 + 106 + 13
+    assert {k: len(v) for k, v in shipped.items()} == want
+    tasks = dataset.load_all(dataset.FRESH, only=["fresh_vit_qkv"])
+    monkeypatch.setattr(dataset, "CACHE", tmp_path)  # nothing cached: the rows come from the file
+    monkeypatch.setattr(dataset, "_asm_of_task", lambda *_: pytest.fail("built a shipped task"))
+    dataset.load_asm_features(dataset.FRESH, tasks, log=lambda *_: pytest.fail("said it builds"))
+    t = tasks[0]
+    idx = np.flatnonzero(t.valid)[:6]
+    built = A.AsmFeatures().extract(t.context, [t.candidates[i] for i in idx])
+    np.testing.assert_array_equal(built, t.asm[idx])
+    dataset._shipped_asm.cache_clear()
+    monkeypatch.setattr(dataset, "_asm_stamp", lambda: "tvm 0.0, assembly features v0")
+    try:
+        assert dataset._shipped_asm() == {}
+    finally:
+        dataset._shipped_asm.cache_clear()

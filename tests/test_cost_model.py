@@ -571,10 +571,51 @@ def test_training_pool_never_holds_a_benchmark_task():
             out[name] = str(tvm_ffi.structural_hash(rec.workload.mod))
         return out
 
-    bench, pool = workloads(DATA), workloads(DATA_POOL)
-    assert len(bench) == 16 and len(pool) == 106
+    bench, pool, fresh = workloads(DATA), workloads(DATA_POOL), workloads(dataset.FRESH)
+    assert len(bench) == 16 and len(pool) == 106 and len(fresh) == len(dataset.FRESH_TASKS) == 13
     assert not set(bench.values()) & set(pool.values())
     assert len(set(pool.values())) == len(pool)  # no task twice in the pool either
+    # the fresh held-out set judges models trained on both: none of its tasks is in either
+    assert not set(fresh.values()) & (set(bench.values()) | set(pool.values()))
+    assert len(set(fresh.values())) == len(fresh)
+
+
+def test_every_fresh_task_still_exists():
+    """The fresh held-out set's task names (``dataset.FRESH_TASKS``) resolve in today's
+    compiler, so ``bench_cost_model --fresh --collect`` can collect them again."""
+    from accelc.schedules.tuning.dataset import FRESH_TASKS, fresh_tasks
+    from accelc.targets.cpu import host_target
+
+    got = fresh_tasks(host_target(num_cores=1))
+    assert [label for label, _ in got] == [t[0] for t in FRESH_TASKS]
+
+
+def test_fresh_set_fits_each_model_once_and_scores_every_task(tmp_path):
+    """``bench_cost_model.fresh_set``: one fit per model, each test task scored by it; the same
+    scores as fitting per task, and ours ranks a task it never saw better than chance."""
+    from pathlib import Path
+
+    from accelc.benchmarks import bench_cost_model as bcm
+
+    data = Path(__file__).parent / "data" / "costmodel"  # bert_dense, minilm_fc2, vit_qkv
+    tasks = {t.name: t for t in bcm.load(data)}
+    train, tests = [tasks["bert_dense"], tasks["minilm_fc2"]], [tasks["vit_qkv"], tasks["minilm_fc2"]]
+    calls = []
+
+    def counted(tr, te):
+        calls.append(len(te))
+        return bcm.ours(tr, te)
+
+    table = bcm.fresh_set(train, tests, {"ours": counted, "random": bcm.random_model}, lambda *_: None)
+    assert calls == [2] and set(table["ours"]) == {"vit_qkv", "minilm_fc2"}
+    held = tasks["vit_qkv"].subset(np.flatnonzero(tasks["vit_qkv"].valid))
+    _, alone = bcm.ours(train, held)
+    assert table["ours"]["vit_qkv"]["pairwise"] == pytest.approx(bcm.pairwise_accuracy(held.latency, alone))
+    assert table["ours"]["vit_qkv"]["pairwise"] > 0.58  # chance is 0.5; measured value printed by a failure
+    assert table["ours"]["minilm_fc2"]["pairwise"] > table["ours"]["vit_qkv"]["pairwise"]  # trained on it
+    assert 0.45 < table["random"]["vit_qkv"]["pairwise"] < 0.55
+    with pytest.raises(UsageError, match="--fresh"):
+        bcm.main(["--fresh", "--target", "sim"])
 
 
 def test_retime_times_every_candidate_interleaved_and_keeps_failures(tmp_path, monkeypatch):
