@@ -135,6 +135,7 @@ def collect_sim(work: Path, trials: int, only=None, log=print) -> None:
 
 
 # -- models under test --------------------------------------------------------------------------
+# Each is ``fn(train, tests) -> (model, [scores of each test task])``: one fit, every task scored.
 def _as(x, how="mean"):
     """"stats"-aggregated features as the model's aggregation wants them."""
     from accelc.schedules.tuning.dataset import as_model_input
@@ -142,7 +143,7 @@ def _as(x, how="mean"):
     return as_model_input(x, how)
 
 
-def ours(train, test, **kw):
+def ours(train, tests, **kw):
     from tvm.s_tir.meta_schedule.utils import shash2hex
 
     from accelc.schedules.tuning.cost_model import AccelcXGBModel
@@ -161,9 +162,7 @@ def ours(train, test, **kw):
     for t in train:
         model.add(shash2hex(t.context.mod), x(t), t.latency)
     model.fit()
-    if isinstance(test, list):  # one fit, every test task scored
-        return model, [model.score(x(t, asm=not population)) for t in test]
-    return model, model.score(x(test, asm=not population))
+    return model, [model.score(x(t, asm=not population)) for t in tests]
 
 
 def _pad(x, cols):  # keep only `cols`, zero the rest (same width, so the model is unchanged)
@@ -172,7 +171,7 @@ def _pad(x, cols):  # keep only `cols`, zero the rest (same width, so the model 
     return out
 
 
-def tvm_xgb(train, test, extractor="per-store-feature", seed=0):
+def tvm_xgb(train, tests, extractor="per-store-feature", seed=0):
     """TVM's ``XGBModel`` fed the training records through ``update()``, then ``predict()``.
 
     Its adaptive training would refit (up to 10 000 rounds, early-stopped) after most of the
@@ -185,9 +184,7 @@ def tvm_xgb(train, test, extractor="per-store-feature", seed=0):
     for t in train:
         model.update(t.context, t.candidates, t.runner_results())
     model._train(*_all_data(model))
-    if isinstance(test, list):
-        return model, [model.predict(t.context, t.candidates) for t in test]
-    return model, model.predict(test.context, test.candidates)
+    return model, [model.predict(t.context, t.candidates) for t in tests]
 
 
 def _all_data(model):
@@ -199,12 +196,10 @@ def _all_data(model):
     return xs, ys
 
 
-def random_model(train, test, seed=0, draws=200):
+def random_model(train, tests, seed=0, draws=200):
     """Random scores; its metrics are averaged over ``draws`` draws (the expectation)."""
     rng = np.random.default_rng(seed)
-    if isinstance(test, list):
-        return None, [rng.uniform(size=(draws, len(t.candidates))) for t in test]
-    return None, rng.uniform(size=(draws, len(test.candidates)))
+    return None, [rng.uniform(size=(draws, len(t.candidates))) for t in tests]
 
 
 # -- experiments --------------------------------------------------------------------------------
@@ -216,7 +211,7 @@ def leave_one_out(tasks, models: dict, log, pool=()) -> dict:
         train = [t for t in tasks if t is not held] + list(pool)
         for name, fn in models.items():
             t0 = time.perf_counter()
-            _, score = fn(train, valid)
+            _, (score,) = fn(train, [valid])
             table[name][held.name] = {**metrics(valid.latency, score), "seconds": time.perf_counter() - t0}
         log(f"  {held.name:22s} " + "  ".join(f"{n} {table[n][held.name]['pairwise']:.3f}" for n in models))
     return table
@@ -249,14 +244,14 @@ def online(tasks, known: int, log, seed=0, pool=()) -> dict:
         seen, rest = held.subset(order[:known]), held.subset(order[known:])
         train = [t for t in tasks if t is not held] + list(pool)
         with tempfile.TemporaryDirectory() as tmp:
-            base, _ = ours(train, rest)
+            base, _ = ours(train, [rest])
             base.save(str(Path(tmp) / "m.json"))
             variants = {
-                "ours-cold": lambda: ours([seen], rest)[1],
+                "ours-cold": lambda: ours([seen], [rest])[1][0],
                 "ours-transfer": lambda: base.score(_as(rest.x)),
                 "ours-warm-pooled": lambda: _warm(Path(tmp) / "m.json", "pooled", seen, rest),
                 "ours-warm-continue": lambda: _warm(Path(tmp) / "m.json", "continue", seen, rest),
-                "tvm-xgb": lambda: tvm_xgb(train + [seen], rest)[1],
+                "tvm-xgb": lambda: tvm_xgb(train + [seen], [rest])[1][0],
             }
             for name, fn in variants.items():
                 out[name][held.name] = metrics(rest.latency, fn())
@@ -438,14 +433,12 @@ def main(argv=None) -> int:
             "tvm-xgb+our-features": lambda tr, te: tvm_xgb(tr, te, extractor=_accelc_features()),
         })
     result = {"pool": {"tasks": len(pool), "records": sum(int(t.valid.sum()) for t in pool)},
-              "tasks": {t.name: {"records": len(t.candidates), "valid": int(t.valid.sum()),
-                                 "best_ms": float(t.latency.min() * 1e3)} for t in tasks}}
+              "tasks": _task_summary(tasks)}
     if args.fresh:
         fresh = load(FRESH, only=None, kind=kind)
         if args.asm:
             dataset.load_asm_features(FRESH, fresh)
-        result["tasks"] = {t.name: {"records": len(t.candidates), "valid": int(t.valid.sum()),
-                                    "best_ms": float(t.latency.min() * 1e3)} for t in fresh}
+        result["tasks"] = _task_summary(fresh)
         result["trained_on"] = [t.name for t in tasks]
         print(f"fresh held-out set: {len(fresh)} tasks, {sum(int(t.valid.sum()) for t in fresh)} valid records; "
               f"models trained on {len(tasks)} benchmark tasks" + (f" and {len(pool)} pool tasks" if pool else ""))
@@ -463,6 +456,11 @@ def main(argv=None) -> int:
         print_table(f"held-out tasks, {args.online} own records known", on)
         result["online"], result["online_mean"] = on, summarize(on)
     return _write(args.out, result)
+
+
+def _task_summary(tasks) -> dict:
+    return {t.name: {"records": len(t.candidates), "valid": int(t.valid.sum()),
+                     "best_ms": float(t.latency.min() * 1e3)} for t in tasks}
 
 
 def _write(out: Path, result: dict) -> int:

@@ -609,7 +609,7 @@ def test_fresh_set_fits_each_model_once_and_scores_every_task(tmp_path):
     table = bcm.fresh_set(train, tests, {"ours": counted, "random": bcm.random_model}, lambda *_: None)
     assert calls == [2] and set(table["ours"]) == {"vit_qkv", "minilm_fc2"}
     held = tasks["vit_qkv"].subset(np.flatnonzero(tasks["vit_qkv"].valid))
-    _, alone = bcm.ours(train, held)
+    _, (alone,) = bcm.ours(train, [held])
     assert table["ours"]["vit_qkv"]["pairwise"] == pytest.approx(bcm.pairwise_accuracy(held.latency, alone))
     assert table["ours"]["vit_qkv"]["pairwise"] > 0.58  # chance is 0.5; measured value printed by a failure
     assert table["ours"]["minilm_fc2"]["pairwise"] > table["ours"]["vit_qkv"]["pairwise"]  # trained on it
