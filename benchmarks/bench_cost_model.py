@@ -432,8 +432,11 @@ def main(argv=None) -> int:
             "ours-target-only": lambda tr, te: ours(tr, te, cols=target_only),
             "tvm-xgb+our-features": lambda tr, te: tvm_xgb(tr, te, extractor=_accelc_features()),
         })
+    from accelc.schedules.tuning.features import host_caches
+
+    # the cache-traffic features are sized by the caches of the machine running this
     result = {"pool": {"tasks": len(pool), "records": sum(int(t.valid.sum()) for t in pool)},
-              "tasks": _task_summary(tasks)}
+              "tasks": _task_summary(tasks), "host_caches": list(host_caches())}
     if args.fresh:
         fresh = load(FRESH, only=None, kind=kind)
         if args.asm:

@@ -833,3 +833,27 @@ def test_xgb_asm_reranks_by_assembly_and_saves_its_model(tuned, tmp_path, capsys
     rc, _, err = run_main(capsys, "tune", tuned.model, "-t", "sim", "--passes", "int8", "--db", tmp_path / "sim",
                           "--cost-model", "xgb-asm", "--trials", "2")
     assert_one_line_error(rc, err, "xgb-asm", "-t cpu")
+
+
+def test_cached_features_and_bundled_model_are_per_host_caches(tmp_path, monkeypatch):
+    """The cache-traffic features are sized by the host's caches: features and a bundled model
+    cached on one machine are not handed back on another (a shared home, a copied image)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from accelc.schedules.tuning import dataset, features
+
+    data = Path(__file__).parent / "data" / "costmodel"
+    monkeypatch.setattr(dataset, "BUNDLED", (data,))
+    monkeypatch.setattr(dataset, "CACHE", tmp_path / "cache")
+    said = []
+    monkeypatch.setattr(features, "host_caches", lambda: (48 << 10, 2 << 20, 32 << 20))
+    first = dataset.bundled_warm_start(said.append)
+    x_first = [t.x for t in dataset.load_with_features(data)]
+    monkeypatch.setattr(features, "host_caches", lambda: (16 << 10, 128 << 10, 1 << 20))
+    other = dataset.bundled_warm_start(said.append)
+    x_other = [t.x for t in dataset.load_with_features(data)]
+    assert other != first and len(said) == 2 and first.is_file()  # trained again, the first kept
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 2 * len(x_first)
+    assert any(not np.array_equal(a, b) for a, b in zip(x_first, x_other))  # recomputed, not reused

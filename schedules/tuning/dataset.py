@@ -475,10 +475,12 @@ def load_with_features(data_dir: Path, only: list[str] | None = None, kind: str 
     mean, max, min; store count; target features), cached per task under ``CACHE``.
     ``as_model_input`` narrows them to what a model's aggregation takes."""
     from .cost_model import aggregate
-    from .features import FEATURE_VERSION, PER_STORE_LENGTH, AccelcFeatures
+    from .features import FEATURE_VERSION, PER_STORE_LENGTH, AccelcFeatures, host_caches
 
     ext = AccelcFeatures(kind)
-    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, ext.names]).encode()).hexdigest()[:8]
+    # the cache-traffic features are sized by this host's caches: a cache directory that moves
+    # to another machine (a shared home, a copied image) must not hand back the old host's
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, ext.names, host_caches()]).encode()).hexdigest()[:8]
     tasks = load_all(data_dir, only=only)
     n_target = len(ext.names) - PER_STORE_LENGTH
     for t in tasks:
@@ -612,12 +614,13 @@ def bundled_warm_start(log=print, asm: bool = False) -> Path:
     from ``SHIPPED_ASM``, or are built, about 7 more minutes on two cores) and kept under ``CACHE``."""
     from ...fileio import atomic_write
     from .asm_features import ASM_FEATURE_VERSION
-    from .features import FEATURE_VERSION
+    from .features import FEATURE_VERSION, host_caches
 
     dirs = [d / n for d in BUNDLED for n in task_names(d)]
-    # the task list and its files' sizes: records added or measured again train a new model
+    # the task list and its files' sizes: records added or measured again train a new model;
+    # and this host's caches, which size the features
     key = [(f"{p.parent.name}/{p.name}", sum(f.stat().st_size for f in p.iterdir())) for p in dirs]
-    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, key] + ([ASM_FEATURE_VERSION] if asm else []))
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, key, host_caches()] + ([ASM_FEATURE_VERSION] if asm else []))
                        .encode()).hexdigest()[:10]
     path = CACHE / f"bundled-llvm{'-asm' if asm else ''}-{tag}.json"
     if path.is_file():

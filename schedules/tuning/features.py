@@ -713,7 +713,7 @@ def feature_names(kind: str = "llvm") -> list[str]:
 
 def target_info(target=None, kind: str | None = None, **overrides) -> TargetInfo:
     """``TargetInfo`` for an llvm ``target`` (cores, vector width) and this host's caches."""
-    info = TargetInfo(num_cores=1, cache_bytes=_host_caches())
+    info = TargetInfo(num_cores=1, cache_bytes=host_caches())
     if target is not None and target.kind.name == "llvm":
         from ..cpu.base import has_isa_feature
 
@@ -736,7 +736,9 @@ def target_info(target=None, kind: str | None = None, **overrides) -> TargetInfo
 
 
 @lru_cache(maxsize=1)
-def _host_caches() -> tuple[int, int, int]:
+def host_caches() -> tuple[int, int, int]:
+    """This host's L1d, L2 and L3 sizes in bytes, which the cache-traffic features are sized
+    by; ``TargetInfo``'s defaults where Linux does not say."""
     sizes = {}
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     try:
