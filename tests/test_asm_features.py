@@ -186,6 +186,10 @@ def test_xgb_asm_ranks_with_and_without_the_assembly_and_round_trips(small_recor
     assert built.shape == population.shape == (16,)
     assert not np.allclose(built, population)  # the assembly group moves the scores
     np.testing.assert_allclose(population, plain.predict(t.context, t.candidates), rtol=1e-6)
+    # the assembly booster: deeper trees at half the learning rate over twice the rounds (ASM_PARAMS)
+    cfg = json.loads(model.asm_booster.save_config())["learner"]["gradient_booster"]
+    assert (model.asm_booster.num_boosted_rounds(), model.booster.num_boosted_rounds()) == (800, 400)
+    assert cfg["tree_train_param"]["max_depth"] == "5" and float(cfg["tree_train_param"]["eta"]) == pytest.approx(0.025)
     np.testing.assert_allclose(built, model.score(np.hstack([t.x, t.asm])), rtol=1e-6)
     np.testing.assert_allclose(population, model.score(np.hstack([t.x, np.full_like(t.asm, np.nan)])), rtol=1e-6)
     # a row without assembly (did not build) is scored by the population booster, the rest by the other
