@@ -837,12 +837,13 @@ def test_xgb_asm_reranks_by_assembly_and_saves_its_model(tuned, tmp_path, capsys
 
 def test_cached_features_and_bundled_model_are_per_host_caches(tmp_path, monkeypatch):
     """The cache-traffic features are sized by the host's caches: features and a bundled model
-    cached on one machine are not handed back on another (a shared home, a copied image)."""
+    cached on one machine are not handed back on another (a shared home, a copied image); nor a
+    bundled model trained with other parameters."""
     from pathlib import Path
 
     import numpy as np
 
-    from accelc.schedules.tuning import dataset, features
+    from accelc.schedules.tuning import cost_model, dataset, features
 
     data = Path(__file__).parent / "data" / "costmodel"
     monkeypatch.setattr(dataset, "BUNDLED", (data,))
@@ -857,3 +858,5 @@ def test_cached_features_and_bundled_model_are_per_host_caches(tmp_path, monkeyp
     assert other != first and len(said) == 2 and first.is_file()  # trained again, the first kept
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 2 * len(x_first)
     assert any(not np.array_equal(a, b) for a, b in zip(x_first, x_other))  # recomputed, not reused
+    monkeypatch.setattr(cost_model, "DEFAULT_ROUNDS", 50)  # other training parameters: trained again
+    assert dataset.bundled_warm_start(said.append) not in (first, other) and len(said) == 3

@@ -614,13 +614,15 @@ def bundled_warm_start(log=print, asm: bool = False) -> Path:
     from ``SHIPPED_ASM``, or are built, about 7 more minutes on two cores) and kept under ``CACHE``."""
     from ...fileio import atomic_write
     from .asm_features import ASM_FEATURE_VERSION
+    from .cost_model import ASM_PARAMS, ASM_ROUNDS, DEFAULT_PARAMS, DEFAULT_ROUNDS
     from .features import FEATURE_VERSION, host_caches
 
     dirs = [d / n for d in BUNDLED for n in task_names(d)]
     # the task list and its files' sizes: records added or measured again train a new model;
-    # and this host's caches, which size the features
+    # so do other caches on this host (they size the features) and other training parameters
     key = [(f"{p.parent.name}/{p.name}", sum(f.stat().st_size for f in p.iterdir())) for p in dirs]
-    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, key, host_caches()] + ([ASM_FEATURE_VERSION] if asm else []))
+    params = [DEFAULT_PARAMS, DEFAULT_ROUNDS] + ([ASM_FEATURE_VERSION, ASM_PARAMS, ASM_ROUNDS] if asm else [])
+    tag = hashlib.sha1(json.dumps([FEATURE_VERSION, key, host_caches(), params], sort_keys=True)
                        .encode()).hexdigest()[:10]
     path = CACHE / f"bundled-llvm{'-asm' if asm else ''}-{tag}.json"
     if path.is_file():
