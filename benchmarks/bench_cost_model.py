@@ -419,9 +419,11 @@ def main(argv=None) -> int:
     if args.asm:
         models["ours-asm"] = lambda tr, te: ours(tr, te, asm=True)
         models["ours-asm-no-build"] = lambda tr, te: ours(tr, te, asm=True, population=True)
-        # the assembly booster as it was before 2026-12-08: the plain booster's depth 4, eta 0.05, 400 rounds
-        models["ours-asm-depth4"] = lambda tr, te: ours(tr, te, asm=True, asm_params={"max_depth": 4, "eta": 0.05},
-                                                        asm_rounds=400)
+        from accelc.schedules.tuning.cost_model import ASM_PARAMS, DEFAULT_PARAMS, DEFAULT_ROUNDS
+
+        # the assembly booster as it was before 2026-12-08: the plain booster's parameters (depth 4)
+        plain = {k: DEFAULT_PARAMS[k] for k in ASM_PARAMS}
+        models["ours-asm-depth4"] = lambda tr, te: ours(tr, te, asm=True, asm_params=plain, asm_rounds=DEFAULT_ROUNDS)
     if args.ablation and not sim:
         psf_only = list(range(PER_STORE_LENGTH + 1))
         target_only = list(range(PER_STORE_LENGTH + 1, PER_STORE_LENGTH + 1 + len(CPU_NAMES)))

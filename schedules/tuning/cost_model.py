@@ -126,7 +126,8 @@ class AccelcXGBModel(PyCostModel):
         self.objective, self.aggregate, self.warm_mode = objective, aggregate, warm_mode
         self.seed, self.rounds = seed, rounds
         self.params = {**DEFAULT_PARAMS, **(params or {})}
-        self.asm_params = {**self.params, **ASM_PARAMS, **(params or {}), **(asm_params or {})}
+        # the caller's params override ASM_PARAMS too; asm_params the assembly booster's alone
+        self.asm_params = {**DEFAULT_PARAMS, **ASM_PARAMS, **(params or {}), **(asm_params or {})}
         self.asm_rounds = asm_rounds
         self.nthread = nthread
         self.groups: dict[str, Group] = {}
